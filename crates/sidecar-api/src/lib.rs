@@ -1,0 +1,32 @@
+//! The `SidecarPolicy` custom resource (`sidecar.dev/v1alpha1`).
+//!
+//! This crate holds the types and their OpenAPI schema only: no logic, no client. Doc comments on
+//! the spec fields are user documentation; `kubectl explain sidecarpolicy.spec` shows them.
+
+pub mod schema;
+mod v1alpha1;
+
+pub use v1alpha1::*;
+
+/// The API group of every resource this operator defines.
+pub const GROUP: &str = "sidecar.dev";
+
+/// Annotation on a Deployment that opts it out of injection when set to `"false"`.
+pub const INJECT_ANNOTATION: &str = "sidecar.dev/inject";
+
+/// Annotation on a Deployment where the operator records what it injected, so that it can remove
+/// exactly that and nothing the Deployment's owner wrote.
+pub const INJECTED_ANNOTATION: &str = "sidecar.dev/injected";
+
+/// Condition types and reasons written to `SidecarPolicy.status.conditions`.
+pub mod conditions {
+    /// The policy is valid and every matched Deployment carries what it asks for.
+    pub const READY: &str = "Ready";
+    /// At least one matched Deployment cannot take the policy: a name, path, port or pod setting
+    /// is already used by someone else.
+    pub const CONFLICT: &str = "Conflict";
+    /// The policy itself is invalid, or asks for something the operator's guardrails refuse.
+    pub const INVALID: &str = "Invalid";
+    /// The policy is valid but could not be applied everywhere (API errors, unsupported server).
+    pub const DEGRADED: &str = "Degraded";
+}

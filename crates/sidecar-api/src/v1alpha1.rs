@@ -1,0 +1,165 @@
+//! `sidecar.dev/v1alpha1`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema;
+
+/// Adds sidecar containers, init containers, volumes and pod settings to the pod template of every
+/// Deployment in its namespace that its selector matches.
+///
+/// Sidecars are injected as native sidecar containers (init containers with
+/// `restartPolicy: Always`): they start before the Deployment's app containers, each gated by its
+/// startupProbe, and stop after them in reverse order.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sidecar.dev",
+    version = "v1alpha1",
+    kind = "SidecarPolicy",
+    plural = "sidecarpolicies",
+    shortname = "scp",
+    namespaced,
+    status = "SidecarPolicyStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Order","type":"integer","jsonPath":".spec.order","priority":1}"#,
+    printcolumn = r#"{"name":"Matched","type":"integer","description":"Deployments the selector matches","jsonPath":".status.matchedDeployments"}"#,
+    printcolumn = r#"{"name":"Up-To-Date","type":"integer","description":"Matched Deployments that carry the current policy","jsonPath":".status.upToDateDeployments"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new(
+        "(has(self.spec.sidecars) && size(self.spec.sidecars) > 0) || (has(self.spec.initContainers) && size(self.spec.initContainers) > 0)"
+    ).message("spec: a SidecarPolicy must inject at least one entry in spec.sidecars or spec.initContainers").field_path(".spec"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.sidecars) || !has(self.spec.initContainers) || self.spec.sidecars.all(s, self.spec.initContainers.all(i, i.name != s.name))"
+    ).message("spec: a name is used both in spec.sidecars and spec.initContainers; container names must be unique within the pod").field_path(".spec"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarPolicySpec {
+    /// Which Deployments in this namespace get the policy, by their labels (Deployment
+    /// `metadata.labels`, not the pod template's). `{}` selects every Deployment in the
+    /// namespace. A Deployment annotated `sidecar.dev/inject: "false"` is never selected.
+    #[schemars(schema_with = "schema::label_selector")]
+    pub selector: LabelSelector,
+
+    /// Position of this policy among all policies matching the same Deployment. Lower orders are
+    /// injected first, so their sidecars start earlier and (being native sidecars) stop later.
+    /// Ties are broken by policy name; within a policy, list order is kept. Default 0.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub order: i32,
+
+    /// Where the injected containers go relative to the Deployment's own init containers.
+    /// `BeforeAppInitContainers` (default) lets the app's init steps use the sidecars (for example
+    /// a database proxy needed by a migration). `AfterAppInitContainers` starts them only once the
+    /// app's init steps have finished.
+    #[serde(default)]
+    pub placement: Placement,
+
+    /// Run-to-completion init containers, injected before this policy's sidecars (for example a
+    /// step that sets up traffic redirection for a proxy). They must not set `restartPolicy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::init_containers")]
+    pub init_containers: Vec<Container>,
+
+    /// Sidecar containers. Each is injected as a native sidecar: an init container with
+    /// `restartPolicy: Always`, which the operator sets. Give each a startupProbe: the next
+    /// container (and finally the app) starts only once the probe succeeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::sidecars")]
+    pub sidecars: Vec<Container>,
+
+    /// Pod volumes to add, for the injected containers and the app-container mounts below. A
+    /// volume name the Deployment already uses is a conflict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::volumes")]
+    pub volumes: Vec<Volume>,
+
+    /// Volume mounts and environment variables to add to the Deployment's own (app) containers.
+    /// Each entry names the containers it applies to, or applies to all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::app_containers")]
+    pub app_containers: Vec<AppContainersPatch>,
+
+    /// Pod-level settings to add to the pod template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
+}
+
+/// Where injected containers go relative to the Deployment's own init containers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Placement {
+    /// Injected containers come first; the app's own init containers can use the sidecars.
+    #[default]
+    BeforeAppInitContainers,
+    /// Injected containers come after the app's own init containers.
+    AfterAppInitContainers,
+}
+
+/// Additions to some or all of the Deployment's own containers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppContainersPatch {
+    /// Names of the Deployment's containers (`spec.template.spec.containers`) this entry applies
+    /// to. Empty or absent: every container. A name that the Deployment does not have is skipped
+    /// with a warning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::container_names")]
+    pub container_names: Vec<String>,
+
+    /// Volume mounts to add. A mount path that the container already uses is a conflict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::volume_mounts")]
+    pub volume_mounts: Vec<VolumeMount>,
+
+    /// Environment variables to add. A name that the container already sets is a conflict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::env")]
+    pub env: Vec<EnvVar>,
+}
+
+/// Pod-level settings. A value the Deployment already sets differently is a conflict.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Share one process namespace between all containers of the pod, so that a sidecar can see
+    /// and signal the app's processes (for example to send SIGHUP after a config change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_process_namespace: Option<bool>,
+
+    /// Labels to add to the pod template (not to the Deployment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations to add to the pod template (for example `prometheus.io/scrape`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the operator observed the last time it reconciled this policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarPolicyStatus {
+    /// The `metadata.generation` of the policy that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// How many Deployments the selector matches (opted-out Deployments excluded).
+    #[serde(default)]
+    pub matched_deployments: i32,
+
+    /// How many matched Deployments carry exactly what this generation of the policy asks for.
+    #[serde(default)]
+    pub up_to_date_deployments: i32,
+
+    /// `Ready`, and `Conflict`, `Invalid` or `Degraded` when they apply. Reasons and messages name
+    /// the Deployment and field concerned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::conditions")]
+    pub conditions: Vec<Condition>,
+}

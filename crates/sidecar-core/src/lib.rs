@@ -1,0 +1,22 @@
+//! The pure logic of sidecar-operator: which SidecarPolicies match a Deployment, and what the
+//! Deployment's pod template should become. No I/O and no Kubernetes client: everything here is
+//! a function of its arguments, so it is tested without a cluster and shared by the offline
+//! `render` command and the controller.
+//!
+//! The entry point is [`render()`]: given a Deployment and the policies of its namespace, it
+//! strips what an earlier render injected (as recorded in the `sidecar.dev/injected` annotation),
+//! then injects what the matching policies ask for, or refuses with every problem it found.
+
+mod guardrails;
+mod inject;
+mod problem;
+mod record;
+mod render;
+pub mod selector;
+mod validate;
+
+pub use guardrails::Guardrails;
+pub use problem::{Problem, ProblemKind, Refusal, Warning};
+pub use record::{InjectionRecord, RecordError};
+pub use render::{Rendered, matching_policies, opted_out, render};
+pub use validate::ORDER_RANGE;
