@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Container, SecurityContext};
 use sidecar_api::SidecarPolicy;
 
 use crate::problem::{Problem, ProblemKind};
+use crate::site::Site;
 
 /// Which privileged asks a SidecarPolicy may make. The default refuses all of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,7 +35,7 @@ impl Guardrails {
         let mut problems = Vec::new();
         let spec = &policy.spec;
         for (path, container) in crate::validate::containers(policy) {
-            self.check_container(name, &path, container, &mut problems);
+            self.check_container(name, path, container, &mut problems);
         }
         if !self.allow_host_path {
             for (i, volume) in spec.volumes.iter().enumerate() {
@@ -54,7 +55,13 @@ impl Guardrails {
         problems
     }
 
-    fn check_container(&self, policy: &str, path: &str, container: &Container, problems: &mut Vec<Problem>) {
+    fn check_container(
+        &self,
+        policy: &str,
+        path: Site<'_>,
+        container: &Container,
+        problems: &mut Vec<Problem>,
+    ) {
         let Some(security) = &container.security_context else {
             return;
         };

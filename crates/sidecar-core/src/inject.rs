@@ -5,7 +5,8 @@
 //! owner or by the first policy that adds it; a second claim is a conflict that names both
 //! parties. Nothing is overwritten.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec, Volume, VolumeMount};
@@ -13,87 +14,101 @@ use sidecar_api::{Placement, SidecarPolicy};
 
 use crate::problem::{Problem, ProblemKind, Warning};
 use crate::record::InjectionRecord;
+use crate::site::Site;
+use crate::validate::{SIDECARS, containers};
 
 /// Native sidecars are init containers with this restart policy (KEP-753).
 const SIDECAR_RESTART_POLICY: &str = "Always";
 
 /// Everything the matching policies add, ready to be applied to the owner's pod template.
+///
+/// It borrows from the policies: Kubernetes containers and volumes are kilobytes each, so they are
+/// cloned once, straight into the rendered pod template.
 #[derive(Debug, Default)]
-pub(crate) struct Injection {
-    policies: Vec<String>,
-    /// Injected init containers and sidecars placed before the Deployment's own init containers.
-    before: Vec<Container>,
+pub(crate) struct Injection<'p> {
+    policies: Vec<&'p str>,
+    /// Injected init containers and sidecars placed before the Deployment's own init containers,
+    /// with whether each is a sidecar.
+    before: Vec<(&'p Container, bool)>,
     /// Those placed after them.
-    after: Vec<Container>,
-    volumes: Vec<Volume>,
-    mounts: BTreeMap<String, Vec<VolumeMount>>,
-    env: BTreeMap<String, Vec<EnvVar>>,
-    labels: BTreeMap<String, String>,
-    annotations: BTreeMap<String, String>,
+    after: Vec<(&'p Container, bool)>,
+    volumes: Vec<&'p Volume>,
+    /// Additions to app containers, by index in `spec.template.spec.containers`.
+    mounts: BTreeMap<usize, Vec<&'p VolumeMount>>,
+    env: BTreeMap<usize, Vec<&'p EnvVar>>,
+    labels: BTreeMap<&'p str, &'p str>,
+    annotations: BTreeMap<&'p str, &'p str>,
     share_process_namespace: Option<bool>,
 }
 
-impl Injection {
-    /// Adds the injection to `template` (the owner's template, with nothing injected) and returns
-    /// the record of what was added.
+impl Injection<'_> {
+    /// Adds the injection to `template` (the owner's template, with nothing injected, as given to
+    /// [`plan`]) and returns the record of what was added.
     pub(crate) fn apply(self, template: &mut PodTemplateSpec) -> InjectionRecord {
         let mut record = InjectionRecord {
-            policies: self.policies,
+            policies: self.policies.iter().map(|p| (*p).to_owned()).collect(),
             ..Default::default()
         };
         if !self.labels.is_empty() || !self.annotations.is_empty() {
             let metadata = template.metadata.get_or_insert_default();
-            record.pod_labels = self.labels.keys().cloned().collect();
-            record.pod_annotations = self.annotations.keys().cloned().collect();
-            extend_map(&mut metadata.labels, self.labels);
-            extend_map(&mut metadata.annotations, self.annotations);
+            record.pod_labels = self.labels.keys().map(|k| (*k).to_owned()).collect();
+            record.pod_annotations = self.annotations.keys().map(|k| (*k).to_owned()).collect();
+            extend_map(&mut metadata.labels, &self.labels);
+            extend_map(&mut metadata.annotations, &self.annotations);
         }
         let pod = template.spec.get_or_insert_default();
         if let Some(share) = self.share_process_namespace {
             pod.share_process_namespace = Some(share);
             record.share_process_namespace = true;
         }
-        record.init_containers = self
-            .before
-            .iter()
-            .chain(&self.after)
-            .map(|c| c.name.clone())
-            .collect();
+        let injected = self.before.iter().chain(&self.after);
+        record.init_containers = injected.map(|(c, _)| c.name.clone()).collect();
         if !self.before.is_empty() || !self.after.is_empty() {
             let own = pod.init_containers.take().unwrap_or_default();
-            pod.init_containers = Some(self.before.into_iter().chain(own).chain(self.after).collect());
+            let mut all = Vec::with_capacity(self.before.len() + own.len() + self.after.len());
+            all.extend(self.before.iter().map(|(c, sidecar)| as_injected(c, *sidecar)));
+            all.extend(own);
+            all.extend(self.after.iter().map(|(c, sidecar)| as_injected(c, *sidecar)));
+            pod.init_containers = Some(all);
         }
         record.volumes = self.volumes.iter().map(|v| v.name.clone()).collect();
-        extend_list(&mut pod.volumes, self.volumes);
-        for container in &mut pod.containers {
-            if let Some(mounts) = self.mounts.get(&container.name) {
-                record.mounts.insert(
-                    container.name.clone(),
-                    mounts.iter().map(|m| m.mount_path.clone()).collect(),
-                );
-                extend_list(&mut container.volume_mounts, mounts.iter().cloned());
+        extend_list(&mut pod.volumes, &self.volumes);
+        for (i, container) in pod.containers.iter_mut().enumerate() {
+            if let Some(mounts) = self.mounts.get(&i) {
+                let paths = mounts.iter().map(|m| m.mount_path.clone());
+                record.mounts.insert(container.name.clone(), paths.collect());
+                extend_list(&mut container.volume_mounts, mounts);
             }
-            if let Some(env) = self.env.get(&container.name) {
+            if let Some(env) = self.env.get(&i) {
                 record.env.insert(
                     container.name.clone(),
                     env.iter().map(|e| e.name.clone()).collect(),
                 );
-                extend_list(&mut container.env, env.iter().cloned());
+                extend_list(&mut container.env, env);
             }
         }
         record
     }
 }
 
-/// Plans the injection of `policies` (already sorted and validated) into `template`, the owner's
-/// pod template of Deployment `deployment`.
-pub(crate) fn plan(
+/// The container as injected: sidecars get the restart policy that makes them native sidecars.
+fn as_injected(container: &Container, sidecar: bool) -> Container {
+    let mut injected = container.clone();
+    if sidecar {
+        injected.restart_policy = Some(SIDECAR_RESTART_POLICY.to_owned());
+    }
+    injected
+}
+
+/// Plans the injection of `policies` (sorted and validated) into `template`, the owner's pod
+/// template of Deployment `deployment`.
+pub(crate) fn plan<'p>(
     deployment: &str,
     template: &PodTemplateSpec,
-    policies: &[&SidecarPolicy],
-) -> (Result<Injection, Vec<Problem>>, Vec<Warning>) {
-    let empty = PodSpec::default();
-    let pod = template.spec.as_ref().unwrap_or(&empty);
+    policies: &[&'p SidecarPolicy],
+) -> (Result<Injection<'p>, Vec<Problem>>, Vec<Warning>) {
+    let no_pod = PodSpec::default();
+    let pod = template.spec.as_ref().unwrap_or(&no_pod);
     let mut planner = Planner {
         deployment,
         pod,
@@ -118,259 +133,208 @@ pub(crate) fn plan(
     }
 }
 
-/// Who already uses a name, path, port or key.
-#[derive(Clone, Debug)]
-enum Holder {
-    /// The Deployment's owner, at this path of the Deployment.
-    Deployment(String),
-    /// A policy, at this path of the policy.
-    Policy { name: String, field: String },
+/// Who already uses a name, path, port or key, and where.
+#[derive(Clone, Copy, Debug)]
+enum Holder<'a> {
+    Deployment(Site<'a>),
+    Policy(&'a str, Site<'a>),
 }
 
-/// `Holder` with the Deployment's name, for messages.
-struct Named<'a>(&'a Holder, &'a str);
+/// A [`Holder`] with the Deployment's name, for messages.
+struct Named<'a>(Holder<'a>, &'a str);
 
 impl fmt::Display for Named<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Holder::Deployment(path) => write!(f, "Deployment {:?} ({path})", self.1),
-            Holder::Policy { name, field } => write!(f, "SidecarPolicy {name:?} ({field})"),
+            Holder::Deployment(site) => write!(f, "Deployment {:?} ({site})", self.1),
+            Holder::Policy(name, site) => write!(f, "SidecarPolicy {name:?} ({site})"),
         }
     }
 }
 
-/// Claims on everything in the pod that must be unique.
+/// Claims on everything in the pod that must be unique. Keys borrow from the inputs.
 #[derive(Default)]
-struct Claims {
-    containers: BTreeMap<String, Holder>,
-    volumes: BTreeMap<String, Holder>,
+struct Claims<'a> {
+    containers: BTreeMap<&'a str, Holder<'a>>,
+    volumes: BTreeMap<&'a str, Holder<'a>>,
     /// (port, protocol) of containers that run alongside the app.
-    ports: BTreeMap<(i32, String), Holder>,
-    /// (container, mount path).
-    mounts: BTreeMap<(String, String), Holder>,
-    /// (container, env var name).
-    env: BTreeMap<(String, String), Holder>,
-    labels: BTreeMap<String, (String, Holder)>,
-    annotations: BTreeMap<String, (String, Holder)>,
-    share_process_namespace: Option<(bool, Holder)>,
+    ports: BTreeMap<(i32, &'a str), Holder<'a>>,
+    /// (app container index, mount path).
+    mounts: BTreeMap<(usize, &'a str), Holder<'a>>,
+    /// (app container index, env var name).
+    env: BTreeMap<(usize, &'a str), Holder<'a>>,
+    labels: BTreeMap<&'a str, (&'a str, Holder<'a>)>,
+    annotations: BTreeMap<&'a str, (&'a str, Holder<'a>)>,
+    share_process_namespace: Option<(bool, Holder<'a>)>,
 }
 
-impl Claims {
-    fn of_deployment(template: &PodTemplateSpec, pod: &PodSpec) -> Self {
+const CONTAINERS: &str = "spec.template.spec.containers";
+const INIT_CONTAINERS: &str = "spec.template.spec.initContainers";
+
+impl<'a> Claims<'a> {
+    fn of_deployment(template: &'a PodTemplateSpec, pod: &'a PodSpec) -> Self {
         let mut claims = Claims::default();
-        let at = |path: String| Holder::Deployment(path);
-        let lists = [
-            ("containers", &pod.containers[..]),
-            (
-                "initContainers",
-                pod.init_containers.as_deref().unwrap_or_default(),
-            ),
-        ];
-        for (list, containers) in lists {
-            for (i, c) in containers.iter().enumerate() {
-                let path = format!("spec.template.spec.{list}[{i}]");
-                claims.containers.insert(c.name.clone(), at(path.clone()));
-                let runs_alongside =
-                    list == "containers" || c.restart_policy.as_deref() == Some(SIDECAR_RESTART_POLICY);
-                if runs_alongside {
-                    for (j, port) in c.ports.iter().flatten().enumerate() {
-                        claims
-                            .ports
-                            .entry(port_key(port.container_port, port.protocol.as_deref()))
-                            .or_insert_with(|| at(format!("{path}.ports[{j}]")));
-                    }
-                }
-                if list == "containers" {
-                    for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
-                        let key = (c.name.clone(), m.mount_path.clone());
-                        claims.mounts.insert(key, at(format!("{path}.volumeMounts[{j}]")));
-                    }
-                    for (j, e) in c.env.iter().flatten().enumerate() {
-                        claims
-                            .env
-                            .insert((c.name.clone(), e.name.clone()), at(format!("{path}.env[{j}]")));
-                    }
-                }
+        let owner = Holder::Deployment;
+        for (i, c) in pod.containers.iter().enumerate() {
+            let site = Site::item(CONTAINERS, i);
+            claims.containers.insert(&c.name, owner(site));
+            claims.claim_ports(c, site);
+            for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+                claims
+                    .mounts
+                    .insert((i, &m.mount_path), owner(site.nested(".volumeMounts", j)));
+            }
+            for (j, e) in c.env.iter().flatten().enumerate() {
+                claims.env.insert((i, &e.name), owner(site.nested(".env", j)));
+            }
+        }
+        for (i, c) in pod.init_containers.iter().flatten().enumerate() {
+            let site = Site::item(INIT_CONTAINERS, i);
+            claims.containers.insert(&c.name, owner(site));
+            if c.restart_policy.as_deref() == Some(SIDECAR_RESTART_POLICY) {
+                claims.claim_ports(c, site); // the owner's own sidecars run beside the app
             }
         }
         for (i, c) in pod.ephemeral_containers.iter().flatten().enumerate() {
             claims.containers.insert(
-                c.name.clone(),
-                at(format!("spec.template.spec.ephemeralContainers[{i}]")),
+                &c.name,
+                owner(Site::item("spec.template.spec.ephemeralContainers", i)),
             );
         }
         for (i, v) in pod.volumes.iter().flatten().enumerate() {
             claims
                 .volumes
-                .insert(v.name.clone(), at(format!("spec.template.spec.volumes[{i}]")));
+                .insert(&v.name, owner(Site::item("spec.template.spec.volumes", i)));
         }
         if let Some(metadata) = &template.metadata {
             for (k, v) in metadata.labels.iter().flatten() {
-                let holder = at(format!("spec.template.metadata.labels[{k:?}]"));
-                claims.labels.insert(k.clone(), (v.clone(), holder));
+                claims
+                    .labels
+                    .insert(k, (v, owner(Site::key("spec.template.metadata.labels", k))));
             }
             for (k, v) in metadata.annotations.iter().flatten() {
-                let holder = at(format!("spec.template.metadata.annotations[{k:?}]"));
-                claims.annotations.insert(k.clone(), (v.clone(), holder));
+                claims
+                    .annotations
+                    .insert(k, (v, owner(Site::key("spec.template.metadata.annotations", k))));
             }
         }
         claims.share_process_namespace = pod
             .share_process_namespace
-            .map(|v| (v, at("spec.template.spec.shareProcessNamespace".to_owned())));
+            .map(|v| (v, owner(Site::at("spec.template.spec.shareProcessNamespace"))));
         claims
+    }
+
+    fn claim_ports(&mut self, container: &'a Container, site: Site<'a>) {
+        for (j, port) in container.ports.iter().flatten().enumerate() {
+            self.ports
+                .entry(port_key(port.container_port, port.protocol.as_deref()))
+                .or_insert(Holder::Deployment(site.nested(".ports", j)));
+        }
     }
 }
 
-fn port_key(port: i32, protocol: Option<&str>) -> (i32, String) {
-    (port, protocol.unwrap_or("TCP").to_owned())
+fn port_key(port: i32, protocol: Option<&str>) -> (i32, &str) {
+    (port, protocol.unwrap_or("TCP"))
 }
 
-struct Planner<'a> {
+/// `'a`: what the planner reads (the Deployment, and the policies through `'p: 'a`);
+/// `'p`: the policies, which the injection borrows.
+struct Planner<'a, 'p> {
     deployment: &'a str,
     pod: &'a PodSpec,
-    claims: Claims,
-    injection: Injection,
+    claims: Claims<'a>,
+    injection: Injection<'p>,
     problems: Vec<Problem>,
     warnings: Vec<Warning>,
 }
 
-impl Planner<'_> {
-    fn add_policy(&mut self, policy: &SidecarPolicy) {
-        let name = policy.metadata.name.clone().unwrap_or_default();
+impl<'a, 'p: 'a> Planner<'a, 'p> {
+    fn add_policy(&mut self, policy: &'p SidecarPolicy) {
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
         let spec = &policy.spec;
-        self.injection.policies.push(name.clone());
+        self.injection.policies.push(name);
 
         // Volumes a container of this policy may mount: the policy's own and the Deployment's.
-        let known_volumes: BTreeSet<&str> = spec
-            .volumes
-            .iter()
-            .chain(self.pod.volumes.iter().flatten())
-            .map(|v| v.name.as_str())
-            .collect();
+        let known_volumes = KnownVolumes {
+            policy: &spec.volumes,
+            deployment: self.pod.volumes.as_deref(),
+        };
 
-        for (path, container) in crate::validate::containers(policy) {
-            let is_sidecar = path.starts_with("spec.sidecars");
-            self.claim_container(&name, &path, container, is_sidecar, &known_volumes);
-            let mut injected = container.clone();
-            if is_sidecar {
-                injected.restart_policy = Some(SIDECAR_RESTART_POLICY.to_owned());
-            }
+        for (site, container) in containers(policy) {
+            let is_sidecar = site.is_in(SIDECARS);
+            self.claim_container(name, site, container, is_sidecar, &known_volumes);
             match spec.placement {
-                Placement::BeforeAppInitContainers => self.injection.before.push(injected),
-                Placement::AfterAppInitContainers => self.injection.after.push(injected),
+                Placement::BeforeAppInitContainers => self.injection.before.push((container, is_sidecar)),
+                Placement::AfterAppInitContainers => self.injection.after.push((container, is_sidecar)),
             }
         }
 
         for (i, volume) in spec.volumes.iter().enumerate() {
-            let field = format!("spec.volumes[{i}].name");
-            if let Err(holder) = claim(&mut self.claims.volumes, &volume.name, holder(&name, &field)) {
-                self.conflict(
-                    &name,
-                    field,
-                    format!(
-                        "volume name {:?} is already used by {}",
-                        volume.name,
-                        self.named(&holder)
-                    ),
+            let site = Site::item("spec.volumes", i).field(".name");
+            if let Err(holder) = claim(
+                &mut self.claims.volumes,
+                volume.name.as_str(),
+                Holder::Policy(name, site),
+            ) {
+                let message = format!(
+                    "volume name {:?} is already used by {}",
+                    volume.name,
+                    self.named(holder)
                 );
+                self.conflict(name, site, message);
             }
-            self.injection.volumes.push(volume.clone());
+            self.injection.volumes.push(volume);
         }
 
         for (i, patch) in spec.app_containers.iter().enumerate() {
-            let path = format!("spec.appContainers[{i}]");
-            for target in self.targets(&name, &path, &patch.container_names) {
-                for (j, mount) in patch.volume_mounts.iter().enumerate() {
-                    let field = format!("{path}.volumeMounts[{j}]");
-                    self.check_volume(&name, &field, &mount.name, &known_volumes);
-                    let key = (target.clone(), mount.mount_path.clone());
-                    if let Err(holder) = claim(&mut self.claims.mounts, &key, holder(&name, &field)) {
-                        self.conflict(
-                            &name,
-                            format!("{field}.mountPath"),
-                            format!(
-                                "mount path {:?} in container {target:?} is already used by {}",
-                                mount.mount_path,
-                                self.named(&holder)
-                            ),
-                        );
-                    }
-                    self.injection
-                        .mounts
-                        .entry(target.clone())
-                        .or_default()
-                        .push(mount.clone());
-                }
-                for (j, env) in patch.env.iter().enumerate() {
-                    let field = format!("{path}.env[{j}]");
-                    let key = (target.clone(), env.name.clone());
-                    if let Err(holder) = claim(&mut self.claims.env, &key, holder(&name, &field)) {
-                        self.conflict(
-                            &name,
-                            format!("{field}.name"),
-                            format!(
-                                "env var {:?} in container {target:?} is already set by {}",
-                                env.name,
-                                self.named(&holder)
-                            ),
-                        );
-                    }
-                    self.injection
-                        .env
-                        .entry(target.clone())
-                        .or_default()
-                        .push(env.clone());
-                }
+            let site = Site::item("spec.appContainers", i);
+            for target in self.targets(name, site, &patch.container_names) {
+                self.patch_container(name, site, patch, target, &known_volumes);
             }
         }
 
         if let Some(pod) = &spec.pod {
             for (key, value) in &pod.labels {
-                let field = format!("spec.pod.labels[{key:?}]");
-                if self.claim_key(Map::Labels, &name, &field, key, value) {
-                    self.injection.labels.insert(key.clone(), value.clone());
+                if self.claim_key(Map::Labels, name, key, value) {
+                    self.injection.labels.insert(key, value);
                 }
             }
             for (key, value) in &pod.annotations {
-                let field = format!("spec.pod.annotations[{key:?}]");
-                if self.claim_key(Map::Annotations, &name, &field, key, value) {
-                    self.injection.annotations.insert(key.clone(), value.clone());
+                if self.claim_key(Map::Annotations, name, key, value) {
+                    self.injection.annotations.insert(key, value);
                 }
             }
             if let Some(share) = pod.share_process_namespace {
-                self.claim_share_process_namespace(&name, share);
+                self.claim_share_process_namespace(name, share);
             }
         }
     }
 
     fn claim_container(
         &mut self,
-        policy: &str,
-        path: &str,
-        container: &Container,
+        policy: &'a str,
+        site: Site<'a>,
+        container: &'a Container,
         is_sidecar: bool,
-        known_volumes: &BTreeSet<&str>,
+        known_volumes: &KnownVolumes<'_>,
     ) {
-        let field = format!("{path}.name");
+        let name_site = site.field(".name");
         if let Err(holder) = claim(
             &mut self.claims.containers,
-            &container.name,
-            holder(policy, &field),
+            container.name.as_str(),
+            Holder::Policy(policy, name_site),
         ) {
-            self.conflict(
-                policy,
-                field,
-                format!(
-                    "container name {:?} is already used by {}",
-                    container.name,
-                    self.named(&holder)
-                ),
+            let message = format!(
+                "container name {:?} is already used by {}",
+                container.name,
+                self.named(holder)
             );
+            self.conflict(policy, name_site, message);
         }
         for (j, mount) in container.volume_mounts.iter().flatten().enumerate() {
             self.check_volume(
                 policy,
-                &format!("{path}.volumeMounts[{j}]"),
+                site.nested(".volumeMounts", j),
                 &mount.name,
                 known_volumes,
             );
@@ -379,113 +343,161 @@ impl Planner<'_> {
             return; // run-to-completion init containers never run beside the app
         }
         for (j, port) in container.ports.iter().flatten().enumerate() {
-            let field = format!("{path}.ports[{j}]");
+            let port_site = site.nested(".ports", j).leaf(".containerPort");
             let key = port_key(port.container_port, port.protocol.as_deref());
-            if let Err(holder) = claim(&mut self.claims.ports, &key, holder(policy, &field)) {
-                self.conflict(
-                    policy,
-                    format!("{field}.containerPort"),
-                    format!(
-                        "port {}/{} is already used by {}",
-                        key.0,
-                        key.1,
-                        self.named(&holder)
-                    ),
+            if let Err(holder) = claim(&mut self.claims.ports, key, Holder::Policy(policy, port_site)) {
+                let message = format!(
+                    "port {}/{} is already used by {}",
+                    key.0,
+                    key.1,
+                    self.named(holder)
                 );
+                self.conflict(policy, port_site, message);
             }
         }
     }
 
-    /// The app containers a patch applies to; names the Deployment lacks are skipped with a warning.
-    fn targets(&mut self, policy: &str, path: &str, names: &[String]) -> Vec<String> {
-        let own: Vec<&str> = self.pod.containers.iter().map(|c| c.name.as_str()).collect();
+    fn patch_container(
+        &mut self,
+        policy: &'a str,
+        site: Site<'a>,
+        patch: &'p sidecar_api::AppContainersPatch,
+        target: usize,
+        known_volumes: &KnownVolumes<'_>,
+    ) {
+        let target_name = &self.pod.containers[target].name;
+        for (j, mount) in patch.volume_mounts.iter().enumerate() {
+            let mount_site = site.nested(".volumeMounts", j);
+            self.check_volume(policy, mount_site, &mount.name, known_volumes);
+            let path_site = mount_site.leaf(".mountPath");
+            let key = (target, mount.mount_path.as_str());
+            if let Err(holder) = claim(&mut self.claims.mounts, key, Holder::Policy(policy, path_site)) {
+                let message = format!(
+                    "mount path {:?} in container {target_name:?} is already used by {}",
+                    mount.mount_path,
+                    self.named(holder)
+                );
+                self.conflict(policy, path_site, message);
+            }
+            self.injection.mounts.entry(target).or_default().push(mount);
+        }
+        for (j, env) in patch.env.iter().enumerate() {
+            let env_site = site.nested(".env", j).leaf(".name");
+            let key = (target, env.name.as_str());
+            if let Err(holder) = claim(&mut self.claims.env, key, Holder::Policy(policy, env_site)) {
+                let message = format!(
+                    "env var {:?} in container {target_name:?} is already set by {}",
+                    env.name,
+                    self.named(holder)
+                );
+                self.conflict(policy, env_site, message);
+            }
+            self.injection.env.entry(target).or_default().push(env);
+        }
+    }
+
+    /// Indices of the app containers a patch applies to; names the Deployment lacks are skipped
+    /// with a warning.
+    fn targets(&mut self, policy: &str, site: Site<'a>, names: &[String]) -> Vec<usize> {
         if names.is_empty() {
-            return own.into_iter().map(str::to_owned).collect();
+            return (0..self.pod.containers.len()).collect();
         }
         let mut targets = Vec::new();
         for (j, name) in names.iter().enumerate() {
-            if own.contains(&name.as_str()) {
-                targets.push(name.clone());
-            } else {
-                self.warnings.push(Warning {
+            match self.pod.containers.iter().position(|c| &c.name == name) {
+                Some(index) => targets.push(index),
+                None => self.warnings.push(Warning {
                     policy: policy.to_owned(),
-                    field: format!("{path}.containerNames[{j}]"),
+                    field: site.nested(".containerNames", j).to_string(),
                     message: format!(
                         "Deployment {:?} has no container {name:?}; this entry skips it",
                         self.deployment
                     ),
-                });
+                }),
             }
         }
         targets
     }
 
-    fn check_volume(&mut self, policy: &str, field: &str, volume: &str, known: &BTreeSet<&str>) {
+    fn check_volume(&mut self, policy: &str, site: Site<'a>, volume: &str, known: &KnownVolumes<'_>) {
         if !known.contains(volume) {
-            self.conflict(
-                policy,
-                format!("{field}.name"),
-                format!(
-                    "mounts volume {volume:?}, which neither this policy nor Deployment {:?} defines",
-                    self.deployment
-                ),
+            let message = format!(
+                "mounts volume {volume:?}, which neither this policy nor Deployment {:?} defines",
+                self.deployment
             );
+            self.conflict(policy, site.leaf(".name"), message);
         }
     }
 
     /// Claims a pod label or annotation. The same value as an existing one is satisfied already
     /// (and not recorded, so removal leaves the owner's value alone); another value is a conflict.
     /// Returns whether the key must be injected.
-    fn claim_key(&mut self, map: Map, policy: &str, field: &str, key: &str, value: &str) -> bool {
+    fn claim_key(&mut self, map: Map, policy: &'a str, key: &'p str, value: &'p str) -> bool {
+        let site = Site::key(map.policy_field(), key);
         let claims = match map {
             Map::Labels => &mut self.claims.labels,
             Map::Annotations => &mut self.claims.annotations,
         };
         let message = match claims.get(key) {
             None => {
-                claims.insert(key.to_owned(), (value.to_owned(), holder(policy, field)));
+                claims.insert(key, (value, Holder::Policy(policy, site)));
                 return true;
             }
-            Some((existing, _)) if existing == value => return false,
+            Some((existing, _)) if *existing == value => return false,
             Some((existing, holder)) => format!(
                 "pod {} {key:?} is already set to {existing:?} by {}; this policy asks for {value:?}",
                 map.noun(),
-                Named(holder, self.deployment)
+                Named(*holder, self.deployment)
             ),
         };
-        self.conflict(policy, field.to_owned(), message);
+        self.conflict(policy, site, message);
         false
     }
 
-    fn claim_share_process_namespace(&mut self, policy: &str, share: bool) {
-        let field = "spec.pod.shareProcessNamespace";
-        match &self.claims.share_process_namespace {
+    fn claim_share_process_namespace(&mut self, policy: &'a str, share: bool) {
+        let site = Site::at("spec.pod.shareProcessNamespace");
+        match self.claims.share_process_namespace {
             None => {
-                self.claims.share_process_namespace = Some((share, holder(policy, field)));
+                self.claims.share_process_namespace = Some((share, Holder::Policy(policy, site)));
                 self.injection.share_process_namespace = Some(share);
             }
-            Some((existing, _)) if *existing == share => {}
+            Some((existing, _)) if existing == share => {}
             Some((existing, holder)) => {
                 let message = format!(
                     "shareProcessNamespace is already set to {existing} by {}; this policy asks for {share}",
                     self.named(holder)
                 );
-                self.conflict(policy, field.to_owned(), message);
+                self.conflict(policy, site, message);
             }
         }
     }
 
-    fn named<'h>(&'h self, holder: &'h Holder) -> Named<'h> {
+    fn named(&self, holder: Holder<'a>) -> Named<'a> {
         Named(holder, self.deployment)
     }
 
-    fn conflict(&mut self, policy: &str, field: String, message: String) {
+    fn conflict(&mut self, policy: &str, site: Site<'_>, message: String) {
         self.problems.push(Problem {
             kind: ProblemKind::Conflict,
             policy: policy.to_owned(),
-            field,
+            field: site.to_string(),
             message,
         });
+    }
+}
+
+/// The volumes a policy's containers may mount. A handful each: a scan beats building a set.
+struct KnownVolumes<'v> {
+    policy: &'v [Volume],
+    deployment: Option<&'v [Volume]>,
+}
+
+impl KnownVolumes<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.policy
+            .iter()
+            .chain(self.deployment.unwrap_or_default())
+            .any(|v| v.name == name)
     }
 }
 
@@ -502,35 +514,42 @@ impl Map {
             Map::Annotations => "annotation",
         }
     }
-}
 
-fn holder(policy: &str, field: &str) -> Holder {
-    Holder::Policy {
-        name: policy.to_owned(),
-        field: field.to_owned(),
+    fn policy_field(self) -> &'static str {
+        match self {
+            Map::Labels => "spec.pod.labels",
+            Map::Annotations => "spec.pod.annotations",
+        }
     }
 }
 
 /// Claims `key` for `holder`, or returns whoever holds it already.
-fn claim<K: Ord + Clone>(claims: &mut BTreeMap<K, Holder>, key: &K, holder: Holder) -> Result<(), Holder> {
-    match claims.get(key) {
-        Some(existing) => Err(existing.clone()),
-        None => {
-            claims.insert(key.clone(), holder);
+fn claim<'a, K: Ord>(
+    claims: &mut BTreeMap<K, Holder<'a>>,
+    key: K,
+    holder: Holder<'a>,
+) -> Result<(), Holder<'a>> {
+    match claims.entry(key) {
+        Entry::Occupied(existing) => Err(*existing.get()),
+        Entry::Vacant(slot) => {
+            slot.insert(holder);
             Ok(())
         }
     }
 }
 
-fn extend_list<T>(list: &mut Option<Vec<T>>, items: impl IntoIterator<Item = T>) {
-    let mut items = items.into_iter().peekable();
-    if items.peek().is_some() {
-        list.get_or_insert_default().extend(items);
+/// Appends clones of `items`, creating the list only when there is something to add.
+fn extend_list<T: Clone>(list: &mut Option<Vec<T>>, items: &[&T]) {
+    if !items.is_empty() {
+        let list = list.get_or_insert_default();
+        list.reserve(items.len());
+        list.extend(items.iter().map(|item| (*item).clone()));
     }
 }
 
-fn extend_map(map: &mut Option<BTreeMap<String, String>>, entries: BTreeMap<String, String>) {
+fn extend_map(map: &mut Option<BTreeMap<String, String>>, entries: &BTreeMap<&str, &str>) {
     if !entries.is_empty() {
-        map.get_or_insert_default().extend(entries);
+        map.get_or_insert_default()
+            .extend(entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     }
 }

@@ -13,10 +13,11 @@ mod problem;
 mod record;
 mod render;
 pub mod selector;
+mod site;
 mod validate;
 
 pub use guardrails::Guardrails;
 pub use problem::{Problem, ProblemKind, Refusal, Warning};
 pub use record::{InjectionRecord, RecordError};
-pub use render::{Rendered, matching_policies, opted_out, render};
+pub use render::{PolicySet, Rendered, matching_policies, opted_out, render};
 pub use validate::ORDER_RANGE;

@@ -1,6 +1,8 @@
 //! The engine's entry point: from a Deployment and the policies of its namespace to the
 //! Deployment as it should be.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
 
@@ -17,14 +19,17 @@ pub struct Rendered {
     /// The Deployment as it should be: the owner's fields untouched, the injected parts added in
     /// their order, and the `sidecar.dev/injected` record updated.
     pub deployment: Deployment,
-    /// Names of the policies applied, in injection order.
-    pub applied: Vec<String>,
     /// What was injected (also written to the record annotation).
     pub record: InjectionRecord,
     pub warnings: Vec<Warning>,
 }
 
 impl Rendered {
+    /// Names of the policies applied, in injection order.
+    pub fn applied(&self) -> &[String] {
+        &self.record.policies
+    }
+
     /// Whether the render changes the Deployment it was given.
     pub fn changes(&self, deployment: &Deployment) -> bool {
         &self.deployment != deployment
@@ -35,69 +40,14 @@ impl Rendered {
 ///
 /// All or nothing: if any matching policy is invalid, refused by a guardrail or in conflict with
 /// the Deployment or another policy, the result is a [`Refusal`] listing every problem, and the
-/// caller must leave the Deployment as it is.
+/// caller must leave the Deployment as it is. To render many Deployments against the same
+/// policies, build a [`PolicySet`] once instead.
 pub fn render(
     deployment: &Deployment,
     policies: &[SidecarPolicy],
     guardrails: &Guardrails,
 ) -> Result<Rendered, Refusal> {
-    let name = deployment.metadata.name.clone().unwrap_or_default();
-    let refuse = |mut problems: Vec<Problem>, mut warnings: Vec<Warning>| {
-        problems.sort();
-        problems.dedup();
-        warnings.sort();
-        warnings.dedup();
-        Refusal {
-            deployment: name.clone(),
-            problems,
-            warnings,
-        }
-    };
-
-    let mut desired = deployment.clone();
-    match InjectionRecord::read(deployment) {
-        Ok(Some(record)) => record.strip(&mut desired),
-        Ok(None) => {}
-        Err(e) => {
-            let field = format!("metadata.annotations[{INJECTED_ANNOTATION:?}]");
-            let problem = Problem {
-                kind: ProblemKind::Conflict,
-                policy: String::new(),
-                field,
-                message: e.to_string(),
-            };
-            return Err(refuse(vec![problem], Vec::new()));
-        }
-    }
-
-    let (selected, mut problems) = select(deployment, policies);
-    let mut warnings = opt_out_warning(deployment).into_iter().collect::<Vec<_>>();
-    for policy in &selected {
-        let policy_name = policy.metadata.name.as_deref().unwrap_or_default();
-        problems.extend(validate::problems(policy, policy_name));
-        problems.extend(guardrails.check(policy, policy_name));
-        warnings.extend(validate::warnings(policy, policy_name));
-    }
-    if !problems.is_empty() {
-        return Err(refuse(problems, warnings));
-    }
-
-    let template = &mut desired.spec.template;
-    let (planned, plan_warnings) = inject::plan(&name, template, &selected);
-    warnings.extend(plan_warnings);
-    let record = match planned {
-        Ok(injection) => injection.apply(template),
-        Err(conflicts) => return Err(refuse(conflicts, warnings)),
-    };
-    record.write(&mut desired);
-    warnings.sort();
-    warnings.dedup();
-    Ok(Rendered {
-        deployment: desired,
-        applied: record.policies.clone(),
-        record,
-        warnings,
-    })
+    PolicySet::new(policies, guardrails).render(deployment)
 }
 
 /// The policies that select `deployment`, in injection order: by `spec.order`, then by name.
@@ -107,7 +57,133 @@ pub fn matching_policies<'a>(
     deployment: &Deployment,
     policies: &'a [SidecarPolicy],
 ) -> Vec<&'a SidecarPolicy> {
-    select(deployment, policies).0
+    let mut sorted: Vec<&SidecarPolicy> = policies.iter().collect();
+    sort(&mut sorted);
+    select(deployment, sorted.into_iter()).0
+}
+
+/// Policies prepared for rendering: sorted into injection order, validated and checked against
+/// the guardrails once, however many Deployments are rendered against them.
+#[derive(Debug)]
+pub struct PolicySet<'a> {
+    /// In injection order.
+    policies: Vec<Prepared<'a>>,
+}
+
+#[derive(Debug)]
+struct Prepared<'a> {
+    policy: &'a SidecarPolicy,
+    problems: Vec<Problem>,
+    warnings: Vec<Warning>,
+}
+
+impl<'a> PolicySet<'a> {
+    pub fn new(policies: &'a [SidecarPolicy], guardrails: &Guardrails) -> Self {
+        let mut sorted: Vec<&SidecarPolicy> = policies.iter().collect();
+        sort(&mut sorted);
+        let policies = sorted
+            .into_iter()
+            .map(|policy| {
+                let name = policy.metadata.name.as_deref().unwrap_or_default();
+                let mut problems = validate::problems(policy, name);
+                problems.extend(guardrails.check(policy, name));
+                Prepared {
+                    policy,
+                    problems,
+                    warnings: validate::warnings(policy, name),
+                }
+            })
+            .collect();
+        PolicySet { policies }
+    }
+
+    /// The problems of a policy on its own (invalid, or refused by the guardrails), which refuse
+    /// every Deployment it selects.
+    pub fn problems(&self, policy: &str) -> &[Problem] {
+        self.find(policy).map(|p| &p.problems[..]).unwrap_or_default()
+    }
+
+    /// The warnings of a policy on its own.
+    pub fn warnings(&self, policy: &str) -> &[Warning] {
+        self.find(policy).map(|p| &p.warnings[..]).unwrap_or_default()
+    }
+
+    fn find(&self, policy: &str) -> Option<&Prepared<'a>> {
+        self.policies
+            .iter()
+            .find(|p| p.policy.metadata.name.as_deref() == Some(policy))
+    }
+
+    /// The policies that select `deployment`, in injection order (see [`matching_policies`]).
+    pub fn matching(&self, deployment: &Deployment) -> Vec<&'a SidecarPolicy> {
+        select(deployment, self.policies.iter().map(|p| p.policy)).0
+    }
+
+    /// Renders `deployment`; see [`render()`].
+    pub fn render(&self, deployment: &Deployment) -> Result<Rendered, Refusal> {
+        let name = deployment.metadata.name.as_deref().unwrap_or_default();
+        let refuse = |mut problems: Vec<Problem>, mut warnings: Vec<Warning>| {
+            problems.sort();
+            problems.dedup();
+            warnings.sort();
+            warnings.dedup();
+            Refusal {
+                deployment: name.to_owned(),
+                problems,
+                warnings,
+            }
+        };
+
+        let mut desired = deployment.clone();
+        match InjectionRecord::read(deployment) {
+            Ok(Some(record)) => record.strip(&mut desired),
+            Ok(None) => {}
+            Err(e) => {
+                let field = format!("metadata.annotations[{INJECTED_ANNOTATION:?}]");
+                let problem = Problem {
+                    kind: ProblemKind::Conflict,
+                    policy: String::new(),
+                    field,
+                    message: e.to_string(),
+                };
+                return Err(refuse(vec![problem], Vec::new()));
+            }
+        }
+
+        let (selected, mut problems) = select(deployment, self.policies.iter().map(|p| p.policy));
+        let mut warnings: Vec<Warning> = opt_out_warning(deployment).into_iter().collect();
+        for prepared in self
+            .policies
+            .iter()
+            .filter(|p| selected.iter().any(|s| std::ptr::eq(*s, p.policy)))
+        {
+            problems.extend_from_slice(&prepared.problems);
+            warnings.extend_from_slice(&prepared.warnings);
+        }
+        if !problems.is_empty() {
+            return Err(refuse(problems, warnings));
+        }
+
+        let template = &mut desired.spec.template;
+        let (planned, plan_warnings) = inject::plan(name, template, &selected);
+        warnings.extend(plan_warnings);
+        let record = match planned {
+            Ok(injection) => injection.apply(template),
+            Err(conflicts) => return Err(refuse(conflicts, warnings)),
+        };
+        record.write(&mut desired);
+        warnings.sort();
+        warnings.dedup();
+        Ok(Rendered {
+            deployment: desired,
+            record,
+            warnings,
+        })
+    }
+}
+
+fn sort(policies: &mut [&SidecarPolicy]) {
+    policies.sort_by(|a, b| (a.spec.order, &a.metadata.name).cmp(&(b.spec.order, &b.metadata.name)));
 }
 
 /// Whether the Deployment's owner opted out with `sidecar.dev/inject: "false"`.
@@ -136,23 +212,22 @@ fn opt_out_warning(deployment: &Deployment) -> Option<Warning> {
     })
 }
 
-/// The selecting policies, sorted, and a problem for each same-namespace policy whose selector is
-/// invalid (it cannot be told whether it selects the Deployment, so the render must not go on).
+/// The selecting policies, in the order given, and a problem for each same-namespace policy whose
+/// selector is invalid (it cannot be told whether it selects the Deployment, so the render must
+/// not go on).
 fn select<'a>(
     deployment: &Deployment,
-    policies: &'a [SidecarPolicy],
+    policies: impl Iterator<Item = &'a SidecarPolicy>,
 ) -> (Vec<&'a SidecarPolicy>, Vec<Problem>) {
     if opted_out(deployment) {
         return (Vec::new(), Vec::new());
     }
-    let labels = deployment.metadata.labels.clone().unwrap_or_default();
+    let no_labels = BTreeMap::new();
+    let labels = deployment.metadata.labels.as_ref().unwrap_or(&no_labels);
     let mut selected = Vec::new();
     let mut problems = Vec::new();
-    for policy in policies
-        .iter()
-        .filter(|p| p.metadata.namespace == deployment.metadata.namespace)
-    {
-        match selector::matches(&policy.spec.selector, &labels) {
+    for policy in policies.filter(|p| p.metadata.namespace == deployment.metadata.namespace) {
+        match selector::matches(&policy.spec.selector, labels) {
             Ok(true) => selected.push(policy),
             Ok(false) => {}
             Err(e) => problems.push(Problem {
@@ -163,6 +238,5 @@ fn select<'a>(
             }),
         }
     }
-    selected.sort_by(|a, b| (a.spec.order, &a.metadata.name).cmp(&(b.spec.order, &b.metadata.name)));
     (selected, problems)
 }

@@ -14,6 +14,7 @@ use sidecar_api::schema::{
 
 use crate::problem::{Problem, ProblemKind, Warning};
 use crate::selector;
+use crate::site::Site;
 
 /// Inclusive bounds of `spec.order`.
 pub const ORDER_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
@@ -52,10 +53,10 @@ pub(crate) fn problems(policy: &SidecarPolicy, name: &str) -> Vec<Problem> {
 
     let mut names = BTreeSet::new();
     for (path, container) in containers(policy) {
-        out.dns_label(&format!("{path}.name"), &container.name);
+        out.dns_label(path.field(".name"), &container.name);
         if !names.insert(container.name.as_str()) {
             out.push(
-                format!("{path}.name"),
+                path.field(".name").to_string(),
                 format!("container name {:?} is used twice in this policy (sidecars and initContainers share one namespace)", container.name),
             );
         }
@@ -85,7 +86,7 @@ pub(crate) fn problems(policy: &SidecarPolicy, name: &str) -> Vec<Problem> {
 
     let mut volume_names = BTreeSet::new();
     for (i, volume) in spec.volumes.iter().enumerate() {
-        out.dns_label(&format!("spec.volumes[{i}].name"), &volume.name);
+        out.dns_label(Site::item("spec.volumes", i).field(".name"), &volume.name);
         if !volume_names.insert(volume.name.as_str()) {
             out.push(
                 format!("spec.volumes[{i}].name"),
@@ -114,7 +115,7 @@ pub(crate) fn problems(policy: &SidecarPolicy, name: &str) -> Vec<Problem> {
         );
         out.bound(&format!("{path}.env"), patch.env.len(), MAX_LIST_ITEMS);
         for (j, name) in patch.container_names.iter().enumerate() {
-            out.dns_label(&format!("{path}.containerNames[{j}]"), name);
+            out.dns_label(format_args!("{path}.containerNames[{j}]"), name);
         }
     }
 
@@ -185,19 +186,22 @@ pub(crate) fn warnings(policy: &SidecarPolicy, name: &str) -> Vec<Warning> {
     warnings
 }
 
-/// Every container of `policy` with its JSON path: init containers first, then sidecars.
-pub(crate) fn containers(policy: &SidecarPolicy) -> impl Iterator<Item = (String, &Container)> {
+pub(crate) const INIT_CONTAINERS: &str = "spec.initContainers";
+pub(crate) const SIDECARS: &str = "spec.sidecars";
+
+/// Every container of `policy` with its path: init containers first, then sidecars.
+pub(crate) fn containers(policy: &SidecarPolicy) -> impl Iterator<Item = (Site<'static>, &Container)> {
     let spec = &policy.spec;
     let inits = spec
         .init_containers
         .iter()
         .enumerate()
-        .map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
+        .map(|(i, c)| (Site::item(INIT_CONTAINERS, i), c));
     let sidecars = spec
         .sidecars
         .iter()
         .enumerate()
-        .map(|(i, c)| (format!("spec.sidecars[{i}]"), c));
+        .map(|(i, c)| (Site::item(SIDECARS, i), c));
     inits.chain(sidecars)
 }
 
@@ -222,10 +226,11 @@ impl Problems<'_> {
         }
     }
 
-    fn dns_label(&mut self, field: &str, value: &str) {
+    /// `field` is formatted only when `value` is invalid.
+    fn dns_label(&mut self, field: impl std::fmt::Display, value: &str) {
         if !is_dns_label(value) {
             self.push(
-                field,
+                field.to_string(),
                 format!("{value:?} is not a valid name: use at most {DNS_LABEL_MAX} lower-case letters, digits and '-', starting and ending with a letter or digit"),
             );
         }

@@ -19,7 +19,7 @@ fn sidecar_is_injected_as_native_sidecar_with_a_record() {
         .unwrap();
     assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
     assert_eq!(sidecar.image.as_deref(), Some("busybox:1.36"));
-    assert_eq!(r.applied, vec!["shipper"]);
+    assert_eq!(r.applied(), ["shipper"]);
     let record = InjectionRecord::read(&r.deployment).unwrap().unwrap();
     assert_eq!(record.init_containers.iter().collect::<Vec<_>>(), vec!["shipper"]);
     assert_eq!(record.policies, vec!["shipper"]);
@@ -212,7 +212,7 @@ fn opt_out_gets_nothing_and_loses_what_was_injected() {
         .get_or_insert_default()
         .insert(INJECT_ANNOTATION.into(), "false".into());
     let r = render(&opted, &policies).unwrap();
-    assert!(r.applied.is_empty());
+    assert!(r.applied().is_empty());
     let mut expected = original;
     expected.metadata.annotations = Some([(INJECT_ANNOTATION.to_owned(), "false".to_owned())].into());
     assert_eq!(r.deployment, expected);
@@ -224,7 +224,7 @@ fn unknown_opt_out_value_is_a_warning() {
     let mut d = web();
     d.metadata.annotations = Some([(INJECT_ANNOTATION.to_owned(), "no".to_owned())].into());
     let r = render(&d, &[sidecar_policy("p", "s")]).unwrap();
-    assert_eq!(r.applied, vec!["p"], "only \"false\" opts out");
+    assert_eq!(r.applied(), ["p"], "only \"false\" opts out");
     assert!(
         r.warnings.iter().any(|w| w.field.contains(INJECT_ANNOTATION)),
         "{:?}",

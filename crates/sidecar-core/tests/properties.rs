@@ -242,7 +242,7 @@ fn generators_produce_mostly_successful_non_trivial_renders() {
         let d = deployment().new_tree(&mut runner).unwrap().current();
         let ps = policies().new_tree(&mut runner).unwrap().current();
         match render(&d, &ps) {
-            Ok(r) if !r.applied.is_empty() => {
+            Ok(r) if !r.applied().is_empty() => {
                 ok += 1;
                 injected += 1;
             }
