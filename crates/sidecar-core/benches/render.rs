@@ -27,7 +27,7 @@ fn deployment(i: usize) -> Deployment {
         "app": name,
         "team": TEAMS[i % TEAMS.len()],
         "tier": TIERS[i % TIERS.len()],
-        "env": if i % 4 == 0 { "staging" } else { "prod" },
+        "env": if i.is_multiple_of(4) { "staging" } else { "prod" },
     });
     let container = |cname: &str, port: i32| {
         json!({
@@ -66,7 +66,7 @@ fn deployment(i: usize) -> Deployment {
 /// Twenty policies: half select by matchLabels, half by matchExpressions; each injects a sidecar
 /// with probes and resources, a volume, and an env var into the app containers.
 fn policy(i: usize) -> SidecarPolicy {
-    let selector = if i % 2 == 0 {
+    let selector = if i.is_multiple_of(2) {
         json!({"matchLabels": {"team": TEAMS[i % TEAMS.len()]}})
     } else {
         json!({"matchExpressions": [
