@@ -1,0 +1,125 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sidecar_core::Guardrails;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidecar-operator",
+    version,
+    about = "Injects native sidecar containers into Deployments, as SidecarPolicies ask.",
+    long_about = "Injects native sidecar containers into Deployments, as SidecarPolicies (sidecar.dev/v1alpha1) ask.\n\n\
+                  `render` shows what the operator would do, without a cluster. `crd` prints the CustomResourceDefinition."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render Deployments as the operator would, without a cluster.
+    #[command(
+        long_about = "Render Deployments as the operator would, without a cluster.\n\n\
+        Reads SidecarPolicies and Deployments from YAML files (several documents per file are fine; \
+        `-` reads standard input) and prints the rendered Deployments, or with --diff a unified diff \
+        against the input. All objects must be in one namespace; objects without a namespace take \
+        the others' namespace, or `default`.\n\n\
+        Exit codes: 0 rendered; 1 bad input (unreadable file, invalid YAML, unknown field, wrong \
+        kind, mixed namespaces); 2 the render was refused (invalid policy, guardrail, conflict), \
+        with every problem printed on standard error."
+    )]
+    Render(RenderArgs),
+    /// Print the SidecarPolicy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// SidecarPolicy file(s); repeat the flag or give several files. `-` reads standard input.
+    #[arg(long = "policy", short = 'p', value_name = "FILE", required = true, num_args = 1..)]
+    pub policies: Vec<PathBuf>,
+
+    /// File with the Deployment(s) to render. `-` reads standard input.
+    #[arg(long, short = 'd', value_name = "FILE")]
+    pub deployment: PathBuf,
+
+    /// Print a unified diff against the input instead of the rendered Deployments.
+    #[arg(long)]
+    pub diff: bool,
+
+    #[command(flatten)]
+    pub guardrails: GuardrailArgs,
+}
+
+/// Which privileged asks a SidecarPolicy may make. Everything is refused unless allowed here.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GuardrailArgs {
+    /// Allow injected containers to run privileged (securityContext.privileged: true).
+    #[arg(long)]
+    pub allow_privileged: bool,
+
+    /// Allow hostPath volumes, which expose the node's filesystem.
+    #[arg(long)]
+    pub allow_host_path: bool,
+
+    /// Allow injected containers to run as root (runAsUser: 0 or runAsNonRoot: false).
+    #[arg(long)]
+    pub allow_run_as_root: bool,
+
+    /// Allow injected containers to add this Linux capability (e.g. NET_ADMIN). Repeat or separate
+    /// with commas.
+    #[arg(long = "allow-capability", value_name = "CAP", value_delimiter = ',')]
+    pub allow_capabilities: Vec<String>,
+}
+
+impl GuardrailArgs {
+    pub fn to_guardrails(&self) -> Guardrails {
+        let mut guardrails = Guardrails {
+            allow_privileged: self.allow_privileged,
+            allow_host_path: self.allow_host_path,
+            allow_run_as_root: self.allow_run_as_root,
+            ..Guardrails::default()
+        };
+        for capability in &self.allow_capabilities {
+            guardrails.allow_capability(capability);
+        }
+        guardrails
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guardrail_flags_map_to_settings() {
+        let cli = Cli::parse_from([
+            "sidecar-operator",
+            "render",
+            "--policy",
+            "p.yaml",
+            "--deployment",
+            "d.yaml",
+            "--allow-host-path",
+            "--allow-capability",
+            "net_admin,CAP_NET_RAW",
+            "--allow-capability=SYS_PTRACE",
+        ]);
+        let Command::Render(args) = cli.command else {
+            panic!("expected render")
+        };
+        let g = args.guardrails.to_guardrails();
+        assert!(g.allow_host_path && !g.allow_privileged && !g.allow_run_as_root);
+        let caps: Vec<_> = g.allowed_capabilities.iter().map(String::as_str).collect();
+        assert_eq!(caps, ["NET_ADMIN", "NET_RAW", "SYS_PTRACE"]);
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

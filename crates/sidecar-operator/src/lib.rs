@@ -1,0 +1,7 @@
+//! The `sidecar-operator` command: offline rendering of SidecarPolicies against Deployments, and
+//! the CRD. `main.rs` only parses arguments and maps results to exit codes.
+
+pub mod cli;
+pub mod crd;
+pub mod input;
+pub mod render_cmd;
