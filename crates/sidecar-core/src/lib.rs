@@ -7,6 +7,7 @@
 //! strips what an earlier render injected (as recorded in the `sidecar.dev/injected` annotation),
 //! then injects what the matching policies ask for, or refuses with every problem it found.
 
+mod apply;
 mod guardrails;
 mod inject;
 mod problem;
@@ -16,6 +17,7 @@ pub mod selector;
 mod site;
 mod validate;
 
+pub use apply::{apply_patch, init_container_order};
 pub use guardrails::Guardrails;
 pub use problem::{Problem, ProblemKind, Refusal, Warning};
 pub use record::{InjectionRecord, RecordError};

@@ -1,0 +1,135 @@
+//! What the controller sends with server-side apply: only the fields the operator owns.
+//!
+//! Sending only these keeps every other field with its owner (a GitOps tool, a person), and a
+//! field that the operator stops sending is removed by the API server, which is how removal of a
+//! policy's containers happens in a cluster.
+
+use serde_json::{Map, Value, json};
+use sidecar_api::INJECTED_ANNOTATION;
+
+use crate::render::Rendered;
+
+/// The server-side apply configuration of `rendered`: name and namespace, the record annotation,
+/// and exactly what the record lists. With nothing injected it is just the name and namespace,
+/// which releases everything the operator owned before.
+pub fn apply_patch(rendered: &Rendered) -> Value {
+    let deployment = &rendered.deployment;
+    let record = &rendered.record;
+    let mut metadata = json!({
+        "name": deployment.metadata.name,
+        "namespace": deployment.metadata.namespace,
+    });
+    let mut patch = json!({"apiVersion": "apps/v1", "kind": "Deployment"});
+    if record.is_empty() {
+        patch["metadata"] = metadata;
+        return patch;
+    }
+    metadata["annotations"] = json!({ INJECTED_ANNOTATION: record.to_annotation() });
+
+    let template = &deployment.spec.template;
+    let mut template_patch = Map::new();
+    let template_metadata = template.metadata.as_ref();
+    let mut pod_metadata = Map::new();
+    let labels = template_metadata.and_then(|m| m.labels.as_ref());
+    let picked_labels = pick(labels, &record.pod_labels);
+    if !picked_labels.is_empty() {
+        pod_metadata.insert("labels".into(), Value::Object(picked_labels));
+    }
+    let annotations = template_metadata.and_then(|m| m.annotations.as_ref());
+    let picked_annotations = pick(annotations, &record.pod_annotations);
+    if !picked_annotations.is_empty() {
+        pod_metadata.insert("annotations".into(), Value::Object(picked_annotations));
+    }
+    if !pod_metadata.is_empty() {
+        template_patch.insert("metadata".into(), Value::Object(pod_metadata));
+    }
+
+    let mut pod_patch = Map::new();
+    if let Some(pod) = &template.spec {
+        let init: Vec<Value> = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| record.init_containers.contains(&c.name))
+            .map(to_value)
+            .collect();
+        if !init.is_empty() {
+            pod_patch.insert("initContainers".into(), Value::Array(init));
+        }
+        let containers: Vec<Value> = pod
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let paths = record.mounts.get(&c.name);
+                let names = record.env.get(&c.name);
+                if paths.is_none() && names.is_none() {
+                    return None;
+                }
+                let mut entry = json!({"name": c.name});
+                if let Some(paths) = paths {
+                    let mounts = c
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .filter(|m| paths.contains(&m.mount_path));
+                    entry["volumeMounts"] = Value::Array(mounts.map(to_value).collect());
+                }
+                if let Some(names) = names {
+                    let env = c.env.iter().flatten().filter(|e| names.contains(&e.name));
+                    entry["env"] = Value::Array(env.map(to_value).collect());
+                }
+                Some(entry)
+            })
+            .collect();
+        if !containers.is_empty() {
+            pod_patch.insert("containers".into(), Value::Array(containers));
+        }
+        let volumes: Vec<Value> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| record.volumes.contains(&v.name))
+            .map(to_value)
+            .collect();
+        if !volumes.is_empty() {
+            pod_patch.insert("volumes".into(), Value::Array(volumes));
+        }
+        if record.share_process_namespace {
+            pod_patch.insert("shareProcessNamespace".into(), json!(pod.share_process_namespace));
+        }
+    }
+    if !pod_patch.is_empty() {
+        template_patch.insert("spec".into(), Value::Object(pod_patch));
+    }
+    patch["metadata"] = metadata;
+    if !template_patch.is_empty() {
+        patch["spec"] = json!({ "template": Value::Object(template_patch) });
+    }
+    patch
+}
+
+/// The names of the pod's init containers in the order the render computed. After a
+/// server-side apply the controller compares the stored order with this one.
+pub fn init_container_order(rendered: &Rendered) -> Vec<&str> {
+    let pod = rendered.deployment.spec.template.spec.as_ref();
+    pod.and_then(|p| p.init_containers.as_ref())
+        .map(|list| list.iter().map(|c| c.name.as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn pick(
+    map: Option<&std::collections::BTreeMap<String, String>>,
+    keys: &std::collections::BTreeSet<String>,
+) -> Map<String, Value> {
+    keys.iter()
+        .filter_map(|k| {
+            map.and_then(|m| m.get(k))
+                .map(|v| (k.clone(), Value::String(v.clone())))
+        })
+        .collect()
+}
+
+fn to_value<T: serde::Serialize>(item: &T) -> Value {
+    // Serialising k8s-openapi types to a JSON value cannot fail (no non-string map keys).
+    serde_json::to_value(item).unwrap_or(Value::Null)
+}
