@@ -7,14 +7,20 @@
 use serde_json::{Map, Value, json};
 use sidecar_api::INJECTED_ANNOTATION;
 
+use k8s_openapi::api::apps::v1::Deployment;
+
+use crate::record::InjectionRecord;
 use crate::render::Rendered;
 
 /// The server-side apply configuration of `rendered`: name and namespace, the record annotation,
 /// and exactly what the record lists. With nothing injected it is just the name and namespace,
 /// which releases everything the operator owned before.
 pub fn apply_patch(rendered: &Rendered) -> Value {
-    let deployment = &rendered.deployment;
-    let record = &rendered.record;
+    owned_fields(&rendered.deployment, &rendered.record)
+}
+
+/// The apply configuration of `deployment` as far as `record` says the operator owns it.
+pub(crate) fn owned_fields(deployment: &Deployment, record: &InjectionRecord) -> Value {
     let mut metadata = json!({
         "name": deployment.metadata.name,
         "namespace": deployment.metadata.namespace,
@@ -108,6 +114,25 @@ pub fn apply_patch(rendered: &Rendered) -> Value {
     patch
 }
 
+/// Whether `live` (as stored by the API server, with its defaults) already is what `rendered`
+/// asks for: the same record (so the same policies and content fingerprint), the init containers
+/// in the computed order, and every field the operator would send. The controller writes only
+/// when this is false.
+pub fn is_up_to_date(live: &Deployment, rendered: &Rendered) -> bool {
+    let live_record = InjectionRecord::read(live).ok().flatten().unwrap_or_default();
+    let live_order: Vec<&str> = live
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.init_containers.as_ref())
+        .map(|list| list.iter().map(|c| c.name.as_str()).collect())
+        .unwrap_or_default();
+    live_record == rendered.record
+        && live_order == init_container_order(rendered)
+        && serde_json::to_value(live).is_ok_and(|live| contains(&live, &apply_patch(rendered)))
+}
+
 /// The names of the pod's init containers in the order the render computed. After a
 /// server-side apply the controller compares the stored order with this one.
 pub fn init_container_order(rendered: &Rendered) -> Vec<&str> {
@@ -132,4 +157,43 @@ fn pick(
 fn to_value<T: serde::Serialize>(item: &T) -> Value {
     // Serialising k8s-openapi types to a JSON value cannot fail (no non-string map keys).
     serde_json::to_value(item).unwrap_or(Value::Null)
+}
+
+/// FNV-1a (64 bit) of the injected content: `owned_fields` without the record annotation. Stable
+/// across operator versions and platforms, unlike `std`'s hasher.
+pub(crate) fn fingerprint(deployment: &Deployment, record: &InjectionRecord) -> String {
+    let mut content = owned_fields(deployment, record);
+    if let Some(metadata) = content.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("annotations");
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in content.to_string().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Whether `live` already carries everything in `patch`: every field the patch sets has the same
+/// value in `live`, which may hold more (server defaults, other owners' fields). Lists of
+/// objects are matched by their merge key.
+pub fn contains(live: &Value, patch: &Value) -> bool {
+    match (live, patch) {
+        (Value::Object(live), Value::Object(patch)) => patch
+            .iter()
+            .all(|(k, v)| live.get(k).is_some_and(|l| contains(l, v))),
+        (Value::Array(live), Value::Array(patch)) => patch.iter().all(|item| match merge_key(item) {
+            Some((key, value)) => live
+                .iter()
+                .any(|l| l.get(key) == Some(value) && contains(l, item)),
+            None => live.contains(item),
+        }),
+        _ => live == patch,
+    }
+}
+
+fn merge_key(item: &Value) -> Option<(&'static str, &Value)> {
+    ["name", "mountPath", "containerPort"]
+        .into_iter()
+        .find_map(|k| item.get(k).map(|v| (k, v)))
 }

@@ -17,7 +17,7 @@ pub mod selector;
 mod site;
 mod validate;
 
-pub use apply::{apply_patch, init_container_order};
+pub use apply::{apply_patch, contains, init_container_order, is_up_to_date};
 pub use guardrails::Guardrails;
 pub use problem::{Problem, ProblemKind, Refusal, Warning};
 pub use record::{InjectionRecord, RecordError};

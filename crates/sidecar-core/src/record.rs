@@ -50,6 +50,11 @@ pub struct InjectionRecord {
     /// Whether `shareProcessNamespace` was set by the operator.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub share_process_namespace: bool,
+    /// Fingerprint (FNV-1a, hex) of the injected content. Names alone do not show that a policy
+    /// changed a sidecar's image or dropped one of its fields; this does, whatever defaults the
+    /// API server added to the stored object.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
 }
 
 impl InjectionRecord {
@@ -71,8 +76,16 @@ impl InjectionRecord {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 
+    /// Whether nothing was injected.
     pub fn is_empty(&self) -> bool {
-        self == &Self::default()
+        self.policies.is_empty()
+            && self.init_containers.is_empty()
+            && self.volumes.is_empty()
+            && self.mounts.is_empty()
+            && self.env.is_empty()
+            && self.pod_labels.is_empty()
+            && self.pod_annotations.is_empty()
+            && !self.share_process_namespace
     }
 
     /// Removes from `deployment` everything this record says was injected, and the record itself.

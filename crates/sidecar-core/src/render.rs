@@ -167,10 +167,13 @@ impl<'a> PolicySet<'a> {
         let template = &mut desired.spec.template;
         let (planned, plan_warnings) = inject::plan(name, template, &selected);
         warnings.extend(plan_warnings);
-        let record = match planned {
+        let mut record = match planned {
             Ok(injection) => injection.apply(template),
             Err(conflicts) => return Err(refuse(conflicts, warnings)),
         };
+        if !record.is_empty() {
+            record.fingerprint = crate::apply::fingerprint(&desired, &record);
+        }
         record.write(&mut desired);
         warnings.sort();
         warnings.dedup();

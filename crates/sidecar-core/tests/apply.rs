@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use sidecar_api::INJECTED_ANNOTATION;
-use sidecar_core::{apply_patch, init_container_order};
+use sidecar_core::{apply_patch, init_container_order, is_up_to_date};
 
 fn full_policy() -> sidecar_api::SidecarPolicy {
     policy(
@@ -84,5 +84,84 @@ fn a_label_the_owner_already_has_is_not_sent() {
     assert_eq!(
         patch["spec"]["template"]["metadata"]["labels"],
         json!({"injected": "yes"})
+    );
+}
+
+/// The API server adds defaults to what it stores; they must not look like drift.
+fn with_server_defaults(
+    mut d: k8s_openapi::api::apps::v1::Deployment,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    let pod = d.spec.template.spec.as_mut().unwrap();
+    for c in pod
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(pod.containers.iter_mut())
+    {
+        c.image_pull_policy = Some("IfNotPresent".into());
+        c.termination_message_path = Some("/dev/termination-log".into());
+    }
+    pod.restart_policy = Some("Always".into());
+    pod.dns_policy = Some("ClusterFirst".into());
+    d
+}
+
+#[test]
+fn a_stored_deployment_with_server_defaults_is_up_to_date() {
+    let policies = [full_policy()];
+    let live = with_server_defaults(rendered(&web(), &policies));
+    assert!(is_up_to_date(&live, &render(&live, &policies).unwrap()));
+}
+
+#[test]
+fn content_changes_are_seen_even_when_names_stay() {
+    let mut with_args = full_policy();
+    with_args.spec.sidecars[0].args = Some(vec!["--verbose".into()]);
+    let live = with_server_defaults(rendered(&web(), &[with_args]));
+    // The policy drops the args: same names, different content.
+    assert!(!is_up_to_date(&live, &render(&live, &[full_policy()]).unwrap()));
+}
+
+#[test]
+fn drift_in_an_owned_field_and_wrong_order_are_seen() {
+    let policies = [full_policy()];
+    let mut edited = with_server_defaults(rendered(&web(), &policies));
+    edited
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .as_mut()
+        .unwrap()[0]
+        .image = Some("busybox:9".into());
+    assert!(!is_up_to_date(&edited, &render(&edited, &policies).unwrap()));
+
+    let mut reordered = with_server_defaults(rendered(&web(), &policies));
+    reordered
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .as_mut()
+        .unwrap()
+        .reverse();
+    assert!(!is_up_to_date(
+        &reordered,
+        &render(&reordered, &policies).unwrap()
+    ));
+}
+
+#[test]
+fn an_untouched_deployment_without_policies_is_up_to_date() {
+    let live = with_server_defaults(web());
+    assert!(is_up_to_date(&live, &render(&live, &[]).unwrap()));
+    let injected = with_server_defaults(rendered(&web(), &[full_policy()]));
+    assert!(
+        !is_up_to_date(&injected, &render(&injected, &[]).unwrap()),
+        "removal is a change"
     );
 }
