@@ -32,8 +32,37 @@ pub enum Command {
         with every problem printed on standard error."
     )]
     Render(RenderArgs),
+    /// Run the controller against the cluster of the current kubeconfig (or in-cluster config).
+    #[command(
+        long_about = "Run the controller against the cluster of the current kubeconfig (or the in-cluster \
+        service account).\n\n\
+        It watches SidecarPolicies and Deployments and keeps every selected Deployment's pod template \
+        as its policies ask, writing with server-side apply under the field manager `sidecar-operator`. \
+        Logs go to standard error; RUST_LOG sets the filter (default `info`)."
+    )]
+    Run(RunArgs),
     /// Print the SidecarPolicy CustomResourceDefinition as YAML.
     Crd,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Watch only this namespace; repeat for several. Default: all namespaces.
+    #[arg(long = "namespace", short = 'n', value_name = "NAMESPACE")]
+    pub namespaces: Vec<String>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub guardrails: GuardrailArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

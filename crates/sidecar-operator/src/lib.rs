@@ -2,6 +2,7 @@
 //! the CRD. `main.rs` only parses arguments and maps results to exit codes.
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod input;
 pub mod render_cmd;

@@ -2,8 +2,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sidecar_operator::cli::{Cli, Command};
-use sidecar_operator::{crd, render_cmd};
+use sidecar_operator::cli::{Cli, Command, LogFormat, RunArgs};
+use sidecar_operator::{controller, crd, render_cmd};
 
 /// A render is allocation-bound; mimalloc makes it a third faster (docs/performance.md).
 #[global_allocator]
@@ -41,11 +41,45 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::Run(args) => run(&args),
         Command::Crd => match crd::crd_yaml() {
             Ok(yaml) => print(&yaml),
             Err(e) => fail(&e),
         },
     }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(e) => return fail(&e),
+        };
+        let guardrails = args.guardrails.to_guardrails();
+        if args.namespaces.is_empty() {
+            controller::run(client, None, guardrails).await;
+        } else {
+            let scopes = args
+                .namespaces
+                .iter()
+                .map(|ns| controller::run(client.clone(), Some(ns.clone()), guardrails.clone()));
+            futures::future::join_all(scopes).await;
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn print(text: &str) -> ExitCode {

@@ -1,0 +1,66 @@
+//! What every reconcile shares: the client, the policy cache, the guardrails and the event
+//! recorder.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use sidecar_api::SidecarPolicy;
+use sidecar_core::Guardrails;
+
+use super::FIELD_MANAGER;
+
+pub struct Context {
+    pub client: Client,
+    /// Every SidecarPolicy the operator watches, kept current by a reflector.
+    pub policies: Store<SidecarPolicy>,
+    pub guardrails: Guardrails,
+    pub recorder: Recorder,
+    /// Consecutive failures per Deployment, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<Deployment>, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("guardrails", &self.guardrails)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, policies: Store<SidecarPolicy>, guardrails: Guardrails) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            policies,
+            guardrails,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a failure of `deployment` and returns how many in a row it has had.
+    pub(crate) fn failed(&self, deployment: ObjectRef<Deployment>) -> u32 {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = failures.entry(deployment).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    pub(crate) fn succeeded(&self, deployment: &ObjectRef<Deployment>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(deployment);
+    }
+}
