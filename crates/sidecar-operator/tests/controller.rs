@@ -1,0 +1,352 @@
+//! The controller against a mocked API server (tower-test): every request it makes is checked
+//! for method, path, field manager and body, and a request it should not make fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
+use sidecar_core::Guardrails;
+use sidecar_operator::controller::{Context, Error, FIELD_MANAGER, reconcile};
+use tower_test::mock::{Handle, SendResponse};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+const DEPLOYMENT_PATH: &str = "/apis/apps/v1/namespaces/demo/deployments/web";
+
+fn deployment() -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "demo", "labels": {"app": "web"}, "resourceVersion": "7", "uid": "d-1"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+                    "containers": [{"name": "web", "image": "nginx:1.27"}],
+                }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+fn policy(sidecar: &str) -> SidecarPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "sidecar.dev/v1alpha1",
+        "kind": "SidecarPolicy",
+        "metadata": {"name": "shipper", "namespace": "demo", "uid": "p-1"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "sidecars": [{
+                "name": sidecar, "image": "busybox:1.36",
+                "startupProbe": {"exec": {"command": ["true"]}},
+                "resources": {"requests": {"cpu": "10m"}},
+            }],
+        }
+    }))
+    .unwrap()
+}
+
+/// What the engine makes of `deployment` with `policies`, as the API server would store it.
+fn stored(deployment: &Deployment, policies: &[SidecarPolicy]) -> Deployment {
+    let mut d = sidecar_core::render(deployment, policies, &Guardrails::default())
+        .unwrap()
+        .deployment;
+    d.metadata.resource_version = Some("8".into());
+    d
+}
+
+fn context(policies: Vec<SidecarPolicy>) -> (Arc<Context>, ApiHandle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for p in policies {
+        writer.apply_watcher_event(&watcher::Event::InitApply(p));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    (
+        Arc::new(Context::new(client, store, Guardrails::default())),
+        handle,
+    )
+}
+
+/// The next request, with its JSON body.
+async fn next(handle: &mut ApiHandle) -> (Request<()>, Value, SendResponse<Response<Body>>) {
+    let (request, send) = handle
+        .next_request()
+        .await
+        .expect("the controller made a request");
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect_bytes().await.unwrap();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (Request::from_parts(parts, ()), value, send)
+}
+
+fn respond(send: SendResponse<Response<Body>>, body: &impl serde::Serialize) {
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn query(request: &Request<()>) -> String {
+    request.uri().query().unwrap_or_default().to_owned()
+}
+
+/// Expects a server-side apply of the Deployment and checks how it is made.
+async fn expect_apply(handle: &mut ApiHandle) -> (Value, SendResponse<Response<Body>>) {
+    let (request, body, send) = next(handle).await;
+    assert_eq!(request.method(), Method::PATCH);
+    assert_eq!(request.uri().path(), DEPLOYMENT_PATH);
+    assert_eq!(request.headers()["content-type"], "application/apply-patch+yaml");
+    assert!(
+        query(&request).contains(&format!("fieldManager={FIELD_MANAGER}")),
+        "{}",
+        query(&request)
+    );
+    assert!(
+        !query(&request).contains("force=true"),
+        "the operator never forces"
+    );
+    (body, send)
+}
+
+/// Expects an Event and returns (reason, type, regarding kind).
+async fn expect_event(handle: &mut ApiHandle) -> (String, String, String) {
+    let (request, body, send) = next(handle).await;
+    assert_eq!(request.method(), Method::POST, "{body}");
+    assert_eq!(
+        request.uri().path(),
+        "/apis/events.k8s.io/v1/namespaces/demo/events"
+    );
+    respond(send, &body);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (
+        text(&body["reason"]),
+        text(&body["type"]),
+        text(&body["regarding"]["kind"]),
+    )
+}
+
+/// Runs a reconcile of `live` against `scenario`, which answers the requests the controller
+/// should make, in order. The test fails, rather than hangs, if the controller makes a request
+/// the scenario does not expect or skips one it does: the reconcile task holds the only client,
+/// so when it ends the mock reports that nothing more can come.
+async fn run<S, F>(
+    ctx: Arc<Context>,
+    live: Deployment,
+    handle: ApiHandle,
+    scenario: S,
+) -> Result<kube::runtime::controller::Action, Error>
+where
+    S: FnOnce(ApiHandle) -> F,
+    F: std::future::Future<Output = ApiHandle> + Send + 'static,
+{
+    let reconciled = tokio::spawn(reconcile(Arc::new(live), ctx));
+    let mut handle = tokio::spawn(scenario(handle))
+        .await
+        .expect("the controller made every expected request");
+    // Either the reconcile ends (and with it the client: `None`), or it makes one more request.
+    if let Some((request, _)) = handle.next_request().await {
+        panic!("unexpected request: {} {}", request.method(), request.uri());
+    }
+    reconciled.await.unwrap()
+}
+
+#[tokio::test]
+async fn injects_with_server_side_apply_of_only_the_owned_fields() {
+    let policies = vec![policy("shipper")];
+    let (ctx, handle) = context(policies.clone());
+    let live = deployment();
+    let result = run(ctx, live, handle, |mut handle| async move {
+        let (body, send) = expect_apply(&mut handle).await;
+        let init = &body["spec"]["template"]["spec"]["initContainers"];
+        assert_eq!(
+            init.as_array().unwrap().len(),
+            1,
+            "only the injected container is sent: {init}"
+        );
+        assert_eq!(init[0]["name"], "shipper");
+        assert_eq!(init[0]["restartPolicy"], "Always");
+        assert!(
+            body["spec"]["template"]["spec"].get("containers").is_none(),
+            "app containers untouched"
+        );
+        assert!(body["metadata"]["annotations"][INJECTED_ANNOTATION].is_string());
+        respond(send, &stored(&deployment(), &[policy("shipper")]));
+        assert_eq!(
+            expect_event(&mut handle).await,
+            ("SidecarsInjected".into(), "Normal".into(), "Deployment".into())
+        );
+        handle
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn an_up_to_date_deployment_gets_no_write() {
+    let policies = vec![policy("shipper")];
+    let (ctx, handle) = context(policies.clone());
+    let live = stored(&deployment(), &policies);
+    run(ctx, live, handle, |handle| async move { handle })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_policy_costs_one_write() {
+    let (ctx, handle) = context(vec![policy("shipper-v2")]);
+    let live = stored(&deployment(), &[policy("shipper")]);
+    let result = run(ctx, live, handle, |mut handle| async move {
+        let (body, send) = expect_apply(&mut handle).await;
+        assert_eq!(
+            body["spec"]["template"]["spec"]["initContainers"][0]["name"],
+            "shipper-v2"
+        );
+        respond(send, &stored(&deployment(), &[policy("shipper-v2")]));
+        assert_eq!(expect_event(&mut handle).await.0, "SidecarsUpdated");
+        handle
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_policy_releases_every_owned_field() {
+    let (ctx, handle) = context(vec![]);
+    let live = stored(&deployment(), &[policy("shipper")]);
+    let result = run(ctx, live, handle, |mut handle| async move {
+        let (body, send) = expect_apply(&mut handle).await;
+        assert_eq!(
+            body,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "demo"}}),
+            "an apply with nothing in it makes the server drop what the operator owned"
+        );
+        respond(send, &deployment());
+        assert_eq!(expect_event(&mut handle).await.0, "SidecarsRemoved");
+        handle
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn opting_out_removes_the_sidecars() {
+    let policies = vec![policy("shipper")];
+    let (ctx, handle) = context(policies.clone());
+    let mut live = stored(&deployment(), &policies);
+    live.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(INJECT_ANNOTATION.into(), "false".into());
+    let result = run(ctx, live, handle, |mut handle| async move {
+        let (body, send) = expect_apply(&mut handle).await;
+        assert!(body.get("spec").is_none(), "{body}");
+        respond(send, &deployment());
+        assert_eq!(expect_event(&mut handle).await.0, "SidecarsRemoved");
+        handle
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_conflict_writes_nothing_and_warns_on_both_objects() {
+    let (ctx, handle) = context(vec![policy("web")]);
+    let live = deployment();
+    let result = run(ctx, live, handle, |mut handle| async move {
+        assert_eq!(
+            expect_event(&mut handle).await,
+            ("Conflict".into(), "Warning".into(), "Deployment".into())
+        );
+        assert_eq!(
+            expect_event(&mut handle).await,
+            ("Conflict".into(), "Warning".into(), "SidecarPolicy".into())
+        );
+        handle
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_stored_order_is_fixed_with_a_guarded_reorder() {
+    let policies = vec![policy("shipper")];
+    let (ctx, handle) = context(policies.clone());
+    let live = deployment();
+    let result = run(ctx, live, handle, |mut handle| async move {
+        let (_, send) = expect_apply(&mut handle).await;
+        // The server's list merge kept the owner's entry first.
+        let mut misordered = stored(&deployment(), &policies);
+        misordered
+            .spec
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .init_containers
+            .as_mut()
+            .unwrap()
+            .reverse();
+        respond(send, &misordered);
+
+        let (request, body, send) = next(&mut handle).await;
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(request.uri().path(), DEPLOYMENT_PATH);
+        assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "8",
+            "guarded by the stored resourceVersion"
+        );
+        let names: Vec<_> = body["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["shipper", "migrate"]);
+        respond(send, &stored(&deployment(), &policies));
+        assert_eq!(expect_event(&mut handle).await.0, "SidecarsInjected");
+        handle
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_field_owned_by_someone_else_is_a_conflict_not_a_force() {
+    let (ctx, handle) = context(vec![policy("shipper")]);
+    let live = deployment();
+    let result = run(ctx, live, handle, |mut handle| async move {
+        let (_, send) = expect_apply(&mut handle).await;
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+            "message": "Apply failed with 1 conflict: conflict with \"flux\": .spec.template.spec.initContainers[name=\"shipper\"].image",
+        });
+        send.send_response(
+            Response::builder().status(409).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap(),
+        );
+        handle
+    })
+    .await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, Error::FieldConflict { .. }), "{error}");
+    assert!(error.to_string().contains("flux"), "{error}");
+}
