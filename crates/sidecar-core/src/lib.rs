@@ -15,6 +15,7 @@ mod record;
 mod render;
 pub mod selector;
 mod site;
+pub mod status;
 mod validate;
 
 pub use apply::{apply_patch, contains, init_container_order, is_up_to_date};
@@ -22,4 +23,5 @@ pub use guardrails::Guardrails;
 pub use problem::{Problem, ProblemKind, Refusal, Warning};
 pub use record::{InjectionRecord, RecordError};
 pub use render::{PolicySet, Rendered, matching_policies, opted_out, render};
+pub use status::policy_status;
 pub use validate::ORDER_RANGE;

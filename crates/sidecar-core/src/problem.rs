@@ -38,6 +38,13 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// The field and message, without the policy name (for the policy's own status).
+    pub fn field_message(&self) -> String {
+        format!("{}: {}", self.field, self.message)
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.policy.is_empty() {

@@ -9,12 +9,15 @@ use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
-use sidecar_operator::controller::{Context, Error, FIELD_MANAGER, reconcile};
+use sidecar_operator::controller::{
+    Context, Error, FIELD_MANAGER, affected, policies_for, reconcile, reconcile_status,
+};
 use tower_test::mock::{Handle, SendResponse};
 
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
@@ -66,17 +69,35 @@ fn stored(deployment: &Deployment, policies: &[SidecarPolicy]) -> Deployment {
     d
 }
 
-fn context(policies: Vec<SidecarPolicy>) -> (Arc<Context>, ApiHandle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+/// A filled, ready cache of `objects`, as a controller's watch would keep it.
+fn cache<K>(objects: Vec<K>) -> reflector::Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (store, mut writer) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);
-    for p in policies {
-        writer.apply_watcher_event(&watcher::Event::InitApply(p));
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+fn context(policies: Vec<SidecarPolicy>) -> (Arc<Context>, ApiHandle) {
+    context_with(policies, vec![])
+}
+
+fn context_with(policies: Vec<SidecarPolicy>, deployments: Vec<Deployment>) -> (Arc<Context>, ApiHandle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
     (
-        Arc::new(Context::new(client, store, Guardrails::default())),
+        Arc::new(Context::new(
+            client,
+            cache(policies),
+            cache(deployments),
+            Guardrails::default(),
+        )),
         handle,
     )
 }
@@ -153,12 +174,24 @@ async fn run<S, F>(
     live: Deployment,
     handle: ApiHandle,
     scenario: S,
-) -> Result<kube::runtime::controller::Action, Error>
+) -> Result<Action, Error>
 where
     S: FnOnce(ApiHandle) -> F,
     F: std::future::Future<Output = ApiHandle> + Send + 'static,
 {
-    let reconciled = tokio::spawn(reconcile(Arc::new(live), ctx));
+    drive(tokio::spawn(reconcile(Arc::new(live), ctx)), handle, scenario).await
+}
+
+/// Drives a spawned reconcile (which holds the only client) against `scenario`.
+async fn drive<S, F>(
+    reconciled: tokio::task::JoinHandle<Result<Action, Error>>,
+    handle: ApiHandle,
+    scenario: S,
+) -> Result<Action, Error>
+where
+    S: FnOnce(ApiHandle) -> F,
+    F: std::future::Future<Output = ApiHandle> + Send + 'static,
+{
     let mut handle = tokio::spawn(scenario(handle))
         .await
         .expect("the controller made every expected request");
@@ -349,4 +382,81 @@ async fn a_field_owned_by_someone_else_is_a_conflict_not_a_force() {
     let error = result.unwrap_err();
     assert!(matches!(error, Error::FieldConflict { .. }), "{error}");
     assert!(error.to_string().contains("flux"), "{error}");
+}
+
+const POLICY_STATUS_PATH: &str = "/apis/sidecar.dev/v1alpha1/namespaces/demo/sidecarpolicies/shipper/status";
+
+#[tokio::test]
+async fn policy_status_is_written_when_it_changes_and_only_then() {
+    let policies = vec![policy("shipper")];
+    let deployments = vec![stored(&deployment(), &policies)];
+    let (ctx, handle) = context_with(policies.clone(), deployments.clone());
+    let reconciled = tokio::spawn(reconcile_status(Arc::new(policies[0].clone()), ctx));
+    let written = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let seen = written.clone();
+    drive(reconciled, handle, |mut handle| async move {
+        let (request, body, send) = next(&mut handle).await;
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(request.uri().path(), POLICY_STATUS_PATH);
+        assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
+        assert!(query(&request).contains(&format!("fieldManager={FIELD_MANAGER}")));
+        let status = &body["status"];
+        assert_eq!(status["matchedDeployments"], 1);
+        assert_eq!(status["upToDateDeployments"], 1);
+        assert_eq!(status["conditions"][0]["type"], "Ready");
+        assert_eq!(status["conditions"][0]["status"], "True");
+        *seen.lock().unwrap() = status.clone();
+        let mut updated = policy("shipper");
+        updated.status = Some(serde_json::from_value(status.clone()).unwrap());
+        respond(send, &updated);
+        handle
+    })
+    .await
+    .unwrap();
+
+    // The same situation again, with the status as written: nothing to write.
+    let mut with_status = policies[0].clone();
+    with_status.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
+    let (ctx, handle) = context_with(vec![with_status.clone()], deployments);
+    let reconciled = tokio::spawn(reconcile_status(Arc::new(with_status), ctx));
+    drive(reconciled, handle, |handle| async move { handle })
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_policy_change_triggers_what_it_selects_and_what_it_was_applied_to() {
+    let applied = stored(&deployment(), &[policy("shipper")]);
+    let mut unlabeled = applied.clone();
+    unlabeled.metadata.name = Some("renamed-labels".into());
+    unlabeled.metadata.labels = Some([("app".to_owned(), "other".to_owned())].into());
+    let mut stranger = deployment();
+    stranger.metadata.name = Some("stranger".into());
+    stranger.metadata.labels = None;
+    let mut elsewhere = deployment();
+    elsewhere.metadata.namespace = Some("other".into());
+    let store = cache(vec![applied, unlabeled, stranger, elsewhere]);
+    let mut names: Vec<_> = affected(&store, &policy("shipper"))
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["renamed-labels", "web"],
+        "selected now, or recorded as applied; same namespace only"
+    );
+}
+
+#[test]
+fn a_deployment_change_triggers_the_status_of_its_policies() {
+    let mut other = policy("shipper");
+    other.metadata.name = Some("other".into());
+    other.spec.selector = serde_json::from_value(json!({"matchLabels": {"app": "api"}})).unwrap();
+    let store = cache(vec![policy("shipper"), other]);
+    let names: Vec<_> = policies_for(&store, &deployment())
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["shipper"]);
 }

@@ -15,8 +15,10 @@ use super::FIELD_MANAGER;
 
 pub struct Context {
     pub client: Client,
-    /// Every SidecarPolicy the operator watches, kept current by a reflector.
+    /// Every SidecarPolicy the operator watches, kept current by the policy controller's watch.
     pub policies: Store<SidecarPolicy>,
+    /// Every Deployment the operator watches, kept current by the Deployment controller's watch.
+    pub deployments: Store<Deployment>,
     pub guardrails: Guardrails,
     pub recorder: Recorder,
     /// Consecutive failures per Deployment, for exponential backoff.
@@ -32,7 +34,12 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub fn new(client: Client, policies: Store<SidecarPolicy>, guardrails: Guardrails) -> Self {
+    pub fn new(
+        client: Client,
+        policies: Store<SidecarPolicy>,
+        deployments: Store<Deployment>,
+        guardrails: Guardrails,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -41,6 +48,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             policies,
+            deployments,
             guardrails,
             failures: Mutex::new(HashMap::new()),
         }

@@ -1,18 +1,20 @@
-//! The controller: Deployments are the reconciled objects; a SidecarPolicy change re-triggers the
-//! Deployments it selects now or was applied to before (the record lists it), so a deleted or
-//! narrowed policy is cleaned up without finalizers.
+//! The controllers. Deployments are the reconciled objects; a SidecarPolicy change re-triggers
+//! the Deployments it selects now or was applied to before (the record lists it), so a deleted or
+//! narrowed policy is cleaned up without finalizers. A second controller keeps each policy's
+//! status.
 
 mod context;
 mod error;
 mod reconcile;
+mod status;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use sidecar_api::SidecarPolicy;
 use sidecar_core::{Guardrails, InjectionRecord, selector};
@@ -21,12 +23,13 @@ use tracing::{info, warn};
 pub use context::Context;
 pub use error::Error;
 pub use reconcile::{error_policy, reconcile};
+pub use status::{policies_for, reconcile_status, status_error_policy};
 
 /// The field manager of every write, and the Events' reporting controller.
 pub const FIELD_MANAGER: &str = "sidecar-operator";
 
-/// Runs the controller for one namespace, or for all when `namespace` is `None`, until SIGTERM or
-/// Ctrl-C.
+/// Runs the controllers for one namespace, or for all when `namespace` is `None`, until SIGTERM
+/// or Ctrl-C.
 pub async fn run(client: Client, namespace: Option<String>, guardrails: Guardrails) {
     let (deployments, policies): (Api<Deployment>, Api<SidecarPolicy>) = match &namespace {
         Some(ns) => (
@@ -37,39 +40,45 @@ pub async fn run(client: Client, namespace: Option<String>, guardrails: Guardrai
     };
     info!(
         namespace = namespace.as_deref().unwrap_or("*"),
-        "starting controller"
+        "starting controllers"
     );
 
-    // The policy cache that reconciles read; the controller's own watch of policies only triggers.
-    let (policy_store, writer) = reflector::store();
-    let policy_cache = watcher(policies.clone(), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|event| {
-            if let Err(e) = event {
-                warn!("SidecarPolicy watch failed (retrying): {e}");
-            }
-            futures::future::ready(())
-        });
-    tokio::spawn(policy_cache);
+    // The two controllers share their caches: Deployments are reconciled against the policies,
+    // and each policy's status is computed from the Deployments.
+    let deployment_controller = Controller::new(deployments.clone(), watcher::Config::default());
+    let policy_controller = Controller::new(policies.clone(), watcher::Config::default());
+    let deployment_store = deployment_controller.store();
+    let policy_store = policy_controller.store();
+    let ctx = Arc::new(Context::new(
+        client,
+        policy_store.clone(),
+        deployment_store.clone(),
+        guardrails,
+    ));
 
-    let controller = Controller::new(deployments, watcher::Config::default());
-    let deployment_store = controller.store();
-    let ctx = Arc::new(Context::new(client, policy_store, guardrails));
-    controller
+    let injecting = deployment_controller
         .watches(policies, watcher::Config::default(), move |policy| {
             affected(&deployment_store, &policy)
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                warn!("controller: {e}");
-            }
-            futures::future::ready(())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(log_result);
+    let reporting = policy_controller
+        .watches(deployments, watcher::Config::default(), move |deployment| {
+            policies_for(&policy_store, &deployment)
         })
-        .await;
-    info!("controller stopped");
+        .shutdown_on_signal()
+        .run(reconcile_status, status_error_policy, ctx)
+        .for_each(log_result);
+    futures::join!(injecting, reporting);
+    info!("controllers stopped");
+}
+
+fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future::Ready<()> {
+    if let Err(e) = result {
+        warn!("controller: {e}");
+    }
+    futures::future::ready(())
 }
 
 /// The Deployments a change to `policy` may affect: those it selects now, and those whose record

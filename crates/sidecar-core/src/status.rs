@@ -1,0 +1,166 @@
+//! The status of a SidecarPolicy, computed from the Deployments of its namespace.
+//!
+//! Pure: the caller passes the current time and the previous conditions, so that a condition keeps
+//! its `lastTransitionTime` while its status stays the same and an unchanged situation produces
+//! an identical status (and so no write).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
+
+use crate::apply::is_up_to_date;
+use crate::problem::ProblemKind;
+use crate::render::PolicySet;
+
+/// Reasons of the `Ready` condition beyond the problem kinds' reasons.
+pub mod reasons {
+    pub const UP_TO_DATE: &str = "UpToDate";
+    pub const NO_MATCH: &str = "NoMatchingDeployments";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const BLOCKED: &str = "BlockedByOtherPolicy";
+}
+
+/// Messages name at most this many Deployments, then say how many more.
+const NAMED: usize = 3;
+
+/// The status of `policy` given every Deployment of its namespace. `set` must hold the
+/// namespace's policies (including `policy`).
+pub fn policy_status(
+    policy: &SidecarPolicy,
+    set: &PolicySet<'_>,
+    deployments: &[&Deployment],
+    previous: Option<&SidecarPolicyStatus>,
+    now: &Time,
+) -> SidecarPolicyStatus {
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let mut matched = 0;
+    let mut up_to_date = 0;
+    let mut conflicts = Vec::new();
+    let mut blocked = Vec::new();
+    for deployment in deployments {
+        let selects = set
+            .matching(deployment)
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(name));
+        if !selects {
+            continue;
+        }
+        matched += 1;
+        let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
+        match set.render(deployment) {
+            Ok(rendered) if is_up_to_date(deployment, &rendered) => up_to_date += 1,
+            Ok(_) => {}
+            Err(refusal) => {
+                let own = refusal
+                    .problems
+                    .iter()
+                    .find(|p| p.policy == name && p.kind == ProblemKind::Conflict);
+                match own {
+                    Some(problem) => conflicts.push(format!(
+                        "Deployment {deployment_name:?}: {}",
+                        problem.field_message()
+                    )),
+                    None => {
+                        if let Some(other) = refusal.problems.iter().find(|p| p.policy != name) {
+                            blocked.push(format!("Deployment {deployment_name:?}: {other}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let own_problems = set.problems(name);
+    let mut list = Vec::new();
+    let invalid = own_problems.first().map(|first| {
+        let message = summarise(own_problems.iter().map(|p| p.field_message()).collect());
+        (first.kind.reason(), message)
+    });
+    let conflict = (!conflicts.is_empty()).then(|| (ProblemKind::Conflict.reason(), summarise(conflicts)));
+    let degraded = (!blocked.is_empty()).then(|| (reasons::BLOCKED, summarise(blocked)));
+
+    let ready = if let Some((reason, message)) = invalid.as_ref().or(conflict.as_ref()) {
+        (false, *reason, message.clone())
+    } else if matched == 0 {
+        (
+            true,
+            reasons::NO_MATCH,
+            "the selector matches no Deployment in this namespace".to_owned(),
+        )
+    } else if up_to_date == matched {
+        (
+            true,
+            reasons::UP_TO_DATE,
+            format!("{matched} of {matched} matched Deployments carry this policy"),
+        )
+    } else if let Some((reason, message)) = &degraded {
+        (false, *reason, message.clone())
+    } else {
+        (
+            false,
+            reasons::PROGRESSING,
+            format!("{up_to_date} of {matched} matched Deployments carry this policy"),
+        )
+    };
+    list.push(condition(
+        conditions::READY,
+        ready.0,
+        ready.1,
+        ready.2,
+        generation,
+        previous,
+        now,
+    ));
+    for (kind, entry) in [
+        (conditions::INVALID, invalid),
+        (conditions::CONFLICT, conflict),
+        (conditions::DEGRADED, degraded),
+    ] {
+        if let Some((reason, message)) = entry {
+            list.push(condition(kind, true, reason, message, generation, previous, now));
+        }
+    }
+
+    SidecarPolicyStatus {
+        observed_generation: generation,
+        matched_deployments: matched,
+        up_to_date_deployments: up_to_date,
+        conditions: list,
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&SidecarPolicyStatus>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let earlier = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));
+    let last_transition_time = match earlier {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn summarise(mut items: Vec<String>) -> String {
+    let more = items.len().saturating_sub(NAMED);
+    items.truncate(NAMED);
+    let mut text = items.join("; ");
+    if more > 0 {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
+}

@@ -1,0 +1,142 @@
+//! SidecarPolicy status: counts, conditions, and stability (no change, no new status).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
+
+mod common;
+
+use common::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use sidecar_api::{SidecarPolicy, SidecarPolicyStatus};
+use sidecar_core::{Guardrails, PolicySet, policy_status};
+
+fn at(seconds: i64) -> Time {
+    Time(Timestamp::from_second(seconds).unwrap())
+}
+
+fn status_of(
+    policy: &str,
+    policies: &[SidecarPolicy],
+    deployments: &[k8s_openapi::api::apps::v1::Deployment],
+    previous: Option<&SidecarPolicyStatus>,
+    now: i64,
+) -> SidecarPolicyStatus {
+    let set = PolicySet::new(policies, &Guardrails::default());
+    let p = policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(policy))
+        .unwrap();
+    let refs: Vec<_> = deployments.iter().collect();
+    policy_status(p, &set, &refs, previous, &at(now))
+}
+
+fn condition<'s>(
+    s: &'s SidecarPolicyStatus,
+    type_: &str,
+) -> Option<&'s k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn ready(s: &SidecarPolicyStatus) -> (String, String) {
+    let c = condition(s, "Ready").unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+#[test]
+fn no_matching_deployment_is_ready_and_says_so() {
+    let mut p = sidecar_policy("p", "s");
+    p.spec.selector = serde_json::from_value(serde_json::json!({"matchLabels": {"app": "none"}})).unwrap();
+    let s = status_of("p", &[p], &[web()], None, 0);
+    assert_eq!((s.matched_deployments, s.up_to_date_deployments), (0, 0));
+    assert_eq!(ready(&s), ("True".into(), "NoMatchingDeployments".into()));
+}
+
+#[test]
+fn counts_follow_the_deployments() {
+    let policies = [sidecar_policy("p", "s")];
+    let pending = status_of("p", &policies, &[web()], None, 0);
+    assert_eq!(
+        (pending.matched_deployments, pending.up_to_date_deployments),
+        (1, 0)
+    );
+    assert_eq!(ready(&pending), ("False".into(), "Progressing".into()));
+
+    let done = status_of("p", &policies, &[rendered(&web(), &policies)], None, 0);
+    assert_eq!((done.matched_deployments, done.up_to_date_deployments), (1, 1));
+    assert_eq!(ready(&done), ("True".into(), "UpToDate".into()));
+}
+
+#[test]
+fn a_conflict_names_the_deployment_and_field() {
+    let s = status_of("p", &[sidecar_policy("p", "web")], &[web()], None, 0);
+    assert_eq!(ready(&s), ("False".into(), "Conflict".into()));
+    let conflict = condition(&s, "Conflict").unwrap();
+    assert_eq!(conflict.status, "True");
+    assert!(
+        conflict
+            .message
+            .contains("Deployment \"web\": spec.sidecars[0].name"),
+        "{}",
+        conflict.message
+    );
+}
+
+#[test]
+fn an_invalid_or_refused_policy_says_why() {
+    let mut p = sidecar_policy("p", "s");
+    p.spec.sidecars[0].security_context =
+        Some(serde_json::from_value(serde_json::json!({"privileged": true})).unwrap());
+    let s = status_of("p", &[p], &[web()], None, 0);
+    let invalid = condition(&s, "Invalid").unwrap();
+    assert_eq!(invalid.reason, "GuardrailRefused");
+    assert!(
+        invalid.message.contains("--allow-privileged"),
+        "{}",
+        invalid.message
+    );
+    assert_eq!(ready(&s).0, "False");
+}
+
+#[test]
+fn a_deployment_blocked_by_another_policy_is_degraded() {
+    let policies = [sidecar_policy("good", "fine"), sidecar_policy("bad", "web")];
+    let s = status_of("good", &policies, &[web()], None, 0);
+    let degraded = condition(&s, "Degraded").unwrap();
+    assert!(
+        degraded.message.contains("SidecarPolicy \"bad\""),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(ready(&s), ("False".into(), "BlockedByOtherPolicy".into()));
+    assert!(
+        condition(&s, "Conflict").is_none(),
+        "the conflict is not this policy's"
+    );
+}
+
+#[test]
+fn an_unchanged_situation_gives_an_identical_status() {
+    let policies = [sidecar_policy("p", "s")];
+    let deployments = [rendered(&web(), &policies)];
+    let first = status_of("p", &policies, &deployments, None, 100);
+    let later = status_of("p", &policies, &deployments, Some(&first), 200);
+    assert_eq!(
+        later, first,
+        "same situation, same status: no write, no timestamp churn"
+    );
+
+    let flipped = status_of("p", &policies, &[web()], Some(&first), 300);
+    assert_eq!(
+        condition(&flipped, "Ready").unwrap().last_transition_time,
+        at(300)
+    );
+}
+
+#[test]
+fn observed_generation_is_the_policys() {
+    let mut p = sidecar_policy("p", "s");
+    p.metadata.generation = Some(4);
+    let s = status_of("p", &[p], &[web()], None, 0);
+    assert_eq!(s.observed_generation, Some(4));
+    assert!(s.conditions.iter().all(|c| c.observed_generation == Some(4)));
+}
