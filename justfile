@@ -23,10 +23,21 @@ render example="u1-log-shipping":
         --deployment examples/{{example}}/deployment.yaml \
         $(cat examples/{{example}}/render.args)
 
-# Run every test: unit, property, CLI, golden examples, CRD freshness, and the end-to-end
-# suite (which skips itself unless SIDECAR_E2E_KUBECONFIG or KUBEBUILDER_ASSETS is set).
+# Run every test (the end-to-end suite skips itself unless SIDECAR_E2E_KUBECONFIG is set).
 test:
     cargo test --workspace --locked
+
+# End-to-end suite against SIDECAR_E2E_KUBECONFIG's cluster (Kubernetes >= 1.29).
+e2e:
+    cargo test --package sidecar-tests --test e2e --locked -- --nocapture --test-threads=1
+
+# Run the operator against the current kubeconfig's cluster (install the CRD first: `just install-crd`).
+run *args:
+    {{operator}} run {{args}}
+
+# Install or update the CRD in the current kubeconfig's cluster.
+install-crd:
+    kubectl apply --server-side -f crds/sidecarpolicy.yaml
 
 # Formatting and lints, as CI runs them.
 lint:
