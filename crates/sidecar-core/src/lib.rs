@@ -23,5 +23,5 @@ pub use guardrails::Guardrails;
 pub use problem::{Problem, ProblemKind, Refusal, Warning};
 pub use record::{InjectionRecord, RecordError};
 pub use render::{PolicySet, Rendered, matching_policies, opted_out, render};
-pub use status::policy_status;
+pub use status::{policy_status, supports_native_sidecars, unsupported_server_status};
 pub use validate::ORDER_RANGE;

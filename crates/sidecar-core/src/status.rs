@@ -18,6 +18,58 @@ pub mod reasons {
     pub const NO_MATCH: &str = "NoMatchingDeployments";
     pub const PROGRESSING: &str = "Progressing";
     pub const BLOCKED: &str = "BlockedByOtherPolicy";
+    pub const UNSUPPORTED_SERVER: &str = "UnsupportedServer";
+}
+
+/// The first Kubernetes minor version with native sidecar containers (beta, on by default).
+pub const NATIVE_SIDECARS_MINOR: u32 = 29;
+
+/// Whether a server of this version (`major`, `minor` as `/version` reports them, e.g. `"1"`,
+/// `"29+"`) runs native sidecars. `Err` says why not, for the policies' status.
+pub fn supports_native_sidecars(major: &str, minor: &str) -> Result<(), String> {
+    let digits = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
+    match (digits(major), digits(minor)) {
+        (Some(1), Some(minor)) if minor >= NATIVE_SIDECARS_MINOR => Ok(()),
+        (Some(major), _) if major > 1 => Ok(()),
+        _ => Err(format!(
+            "native sidecar containers need Kubernetes 1.{NATIVE_SIDECARS_MINOR} or newer, but the API server is {major}.{minor}; \
+             nothing is written until it is upgraded"
+        )),
+    }
+}
+
+/// The status of every policy on a server without native sidecars: not ready, nothing written.
+pub fn unsupported_server_status(
+    policy: &SidecarPolicy,
+    message: &str,
+    previous: Option<&SidecarPolicyStatus>,
+    now: &Time,
+) -> SidecarPolicyStatus {
+    let generation = policy.metadata.generation;
+    let ready = condition(
+        conditions::READY,
+        false,
+        reasons::UNSUPPORTED_SERVER,
+        message.to_owned(),
+        generation,
+        previous,
+        now,
+    );
+    let degraded = condition(
+        conditions::DEGRADED,
+        true,
+        reasons::UNSUPPORTED_SERVER,
+        message.to_owned(),
+        generation,
+        previous,
+        now,
+    );
+    SidecarPolicyStatus {
+        observed_generation: generation,
+        matched_deployments: previous.map_or(0, |p| p.matched_deployments),
+        up_to_date_deployments: previous.map_or(0, |p| p.up_to_date_deployments),
+        conditions: vec![ready, degraded],
+    }
 }
 
 /// Messages name at most this many Deployments, then say how many more.

@@ -140,3 +140,23 @@ fn observed_generation_is_the_policys() {
     assert_eq!(s.observed_generation, Some(4));
     assert!(s.conditions.iter().all(|c| c.observed_generation == Some(4)));
 }
+
+#[test]
+fn native_sidecars_need_1_29() {
+    use sidecar_core::supports_native_sidecars;
+    for ok in [("1", "29"), ("1", "33"), ("1", "36+"), ("2", "0")] {
+        assert!(supports_native_sidecars(ok.0, ok.1).is_ok(), "{ok:?}");
+    }
+    for old in [("1", "28"), ("1", "27+"), ("1", "x")] {
+        let message = supports_native_sidecars(old.0, old.1).unwrap_err();
+        assert!(message.contains("1.29") && message.contains(old.1), "{message}");
+    }
+}
+
+#[test]
+fn an_unsupported_server_makes_every_policy_not_ready() {
+    let p = sidecar_policy("p", "s");
+    let s = sidecar_core::unsupported_server_status(&p, "too old", None, &at(0));
+    assert_eq!(ready(&s), ("False".into(), "UnsupportedServer".into()));
+    assert_eq!(condition(&s, "Degraded").unwrap().message, "too old");
+}

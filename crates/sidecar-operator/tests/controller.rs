@@ -460,3 +460,45 @@ fn a_deployment_change_triggers_the_status_of_its_policies() {
         .collect();
     assert_eq!(names, ["shipper"]);
 }
+
+#[tokio::test]
+async fn an_old_server_gets_no_writes_and_every_policy_says_why() {
+    let policies = vec![policy("shipper")];
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            cache(policies.clone()),
+            cache(vec![deployment()]),
+            Guardrails::default(),
+        )
+        .with_unsupported_server(Some("native sidecar containers need Kubernetes 1.29".into())),
+    );
+    // The Deployment: nothing written.
+    let (service2, handle2) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx2 = Arc::new(
+        Context::new(
+            Client::new(service2, "default"),
+            cache(policies.clone()),
+            cache(vec![]),
+            Guardrails::default(),
+        )
+        .with_unsupported_server(Some("too old".into())),
+    );
+    run(ctx2, deployment(), handle2, |handle| async move { handle })
+        .await
+        .unwrap();
+    // The policy: Ready=False, reason UnsupportedServer.
+    let reconciled = tokio::spawn(reconcile_status(Arc::new(policies[0].clone()), ctx));
+    drive(reconciled, handle, |mut handle| async move {
+        let (request, body, send) = next(&mut handle).await;
+        assert_eq!(request.uri().path(), POLICY_STATUS_PATH);
+        assert_eq!(body["status"]["conditions"][0]["reason"], "UnsupportedServer");
+        assert_eq!(body["status"]["conditions"][0]["status"], "False");
+        respond(send, &policy("shipper"));
+        handle
+    })
+    .await
+    .unwrap();
+}

@@ -21,6 +21,9 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub guardrails: Guardrails,
     pub recorder: Recorder,
+    /// Why the API server cannot run native sidecars, if it cannot: then nothing is written to
+    /// Deployments and every policy's status says so.
+    pub unsupported_server: Option<String>,
     /// Consecutive failures per Deployment, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Deployment>, u32>>,
 }
@@ -50,8 +53,15 @@ impl Context {
             policies,
             deployments,
             guardrails,
+            unsupported_server: None,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Marks the API server as unable to run native sidecars, for the reason given.
+    pub fn with_unsupported_server(mut self, reason: Option<String>) -> Self {
+        self.unsupported_server = reason;
+        self
     }
 
     /// Counts a failure of `deployment` and returns how many in a row it has had.

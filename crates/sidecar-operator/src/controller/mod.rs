@@ -17,8 +17,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use sidecar_api::SidecarPolicy;
-use sidecar_core::{Guardrails, InjectionRecord, selector};
-use tracing::{info, warn};
+use sidecar_core::{Guardrails, InjectionRecord, selector, supports_native_sidecars};
+use tracing::{error, info, warn};
 
 pub use context::Context;
 pub use error::Error;
@@ -42,6 +42,7 @@ pub async fn run(client: Client, namespace: Option<String>, guardrails: Guardrai
         namespace = namespace.as_deref().unwrap_or("*"),
         "starting controllers"
     );
+    let unsupported_server = check_server(&client).await;
 
     // The two controllers share their caches: Deployments are reconciled against the policies,
     // and each policy's status is computed from the Deployments.
@@ -49,12 +50,10 @@ pub async fn run(client: Client, namespace: Option<String>, guardrails: Guardrai
     let policy_controller = Controller::new(policies.clone(), watcher::Config::default());
     let deployment_store = deployment_controller.store();
     let policy_store = policy_controller.store();
-    let ctx = Arc::new(Context::new(
-        client,
-        policy_store.clone(),
-        deployment_store.clone(),
-        guardrails,
-    ));
+    let ctx = Arc::new(
+        Context::new(client, policy_store.clone(), deployment_store.clone(), guardrails)
+            .with_unsupported_server(unsupported_server),
+    );
 
     let injecting = deployment_controller
         .watches(policies, watcher::Config::default(), move |policy| {
@@ -72,6 +71,25 @@ pub async fn run(client: Client, namespace: Option<String>, guardrails: Guardrai
         .for_each(log_result);
     futures::join!(injecting, reporting);
     info!("controllers stopped");
+}
+
+/// Native sidecars need Kubernetes >= 1.29. On an older server the operator writes nothing to
+/// Deployments and sets every policy's Ready condition to False with the reason.
+async fn check_server(client: &Client) -> Option<String> {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let verdict = supports_native_sidecars(&info.major, &info.minor).err();
+            match &verdict {
+                Some(reason) => error!("{reason}"),
+                None => info!(version = %info.git_version, "API server supports native sidecars"),
+            }
+            verdict
+        }
+        Err(e) => {
+            warn!("could not read the API server version ({e}); assuming it supports native sidecars");
+            None
+        }
+    }
 }
 
 fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future::Ready<()> {

@@ -25,6 +25,9 @@ const NOTE_LIMIT: usize = 1000;
 
 #[instrument(skip_all, fields(deployment = %deployment.name_any(), namespace = deployment.namespace().unwrap_or_default()))]
 pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if ctx.unsupported_server.is_some() {
+        return Ok(Action::await_change()); // every policy's status says why
+    }
     // Rendering against a cache that is still filling would strip every sidecar.
     ctx.policies
         .wait_until_ready()

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
-use sidecar_core::{InjectionRecord, PolicySet, policy_status, selector};
+use sidecar_core::{InjectionRecord, PolicySet, policy_status, selector, unsupported_server_status};
 use tracing::{debug, instrument, warn};
 
 use super::FIELD_MANAGER;
@@ -45,13 +45,11 @@ pub async fn reconcile_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> 
         .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
         .collect();
     let refs: Vec<&Deployment> = deployments.iter().map(|d| &**d).collect();
-    let status = policy_status(
-        &policy,
-        &set,
-        &refs,
-        policy.status.as_ref(),
-        &Time(Timestamp::now()),
-    );
+    let now = Time(Timestamp::now());
+    let status = match &ctx.unsupported_server {
+        Some(reason) => unsupported_server_status(&policy, reason, policy.status.as_ref(), &now),
+        None => policy_status(&policy, &set, &refs, policy.status.as_ref(), &now),
+    };
     if policy.status.as_ref() == Some(&status) {
         debug!("status unchanged");
         return Ok(Action::await_change());
