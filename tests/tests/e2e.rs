@@ -149,6 +149,16 @@ fn all_guardrails_off() -> Guardrails {
     g
 }
 
+/// The operator, in-process, for one namespace (as `sidecar-operator run -n NS`).
+async fn start_operator(
+    client: &Client,
+    namespace: &str,
+    guardrails: Guardrails,
+) -> tokio::task::JoinHandle<()> {
+    let scope = controller::Scope::new(client.clone(), Some(namespace), guardrails, Default::default()).await;
+    tokio::spawn(scope.run())
+}
+
 async fn dump(client: &Client, namespace: &str) -> String {
     let deployments = Api::<Deployment>::namespaced(client.clone(), namespace)
         .list(&Default::default())
@@ -208,11 +218,7 @@ async fn every_use_case_is_injected_in_order_and_removed_exactly() {
             .unwrap();
         originals.push((name, stored));
     }
-    let operator = tokio::spawn(controller::run(
-        client.clone(),
-        Some(ns.name.clone()),
-        all_guardrails_off(),
-    ));
+    let operator = start_operator(&client, &ns.name, all_guardrails_off()).await;
 
     for (name, original) in &originals {
         let policy = example(name, "policy.yaml", &ns.name);
@@ -324,11 +330,7 @@ async fn conflicts_are_reported_and_idle_means_no_writes() {
         .await
         .unwrap();
 
-    let operator = tokio::spawn(controller::run(
-        client.clone(),
-        Some(ns.name.clone()),
-        Guardrails::default(),
-    ));
+    let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
     let policy = example("u1-log-shipping", "policy.yaml", &ns.name);
     policies
         .patch("log-shipper", &owner, &Patch::Apply(&policy))

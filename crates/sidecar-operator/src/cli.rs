@@ -55,6 +55,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Address of the /healthz, /readyz and /metrics endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
+
     #[command(flatten)]
     pub guardrails: GuardrailArgs,
 }

@@ -4,5 +4,7 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod http;
 pub mod input;
+pub mod metrics;
 pub mod render_cmd;

@@ -3,7 +3,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidecar_operator::cli::{Cli, Command, LogFormat, RunArgs};
-use sidecar_operator::{controller, crd, render_cmd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sidecar_operator::controller::Scope;
+use sidecar_operator::metrics::Metrics;
+use sidecar_operator::{crd, http, render_cmd};
 
 /// A render is allocation-bound; mimalloc makes it a third faster (docs/performance.md).
 #[global_allocator]
@@ -68,16 +73,42 @@ fn run(args: &RunArgs) -> ExitCode {
             Ok(client) => client,
             Err(e) => return fail(&e),
         };
+        let listener = match tokio::net::TcpListener::bind(args.http_addr).await {
+            Ok(listener) => listener,
+            Err(e) => return fail(&e),
+        };
         let guardrails = args.guardrails.to_guardrails();
-        if args.namespaces.is_empty() {
-            controller::run(client, None, guardrails).await;
+        let metrics = Arc::new(Metrics::default());
+        let namespaces: Vec<Option<&str>> = if args.namespaces.is_empty() {
+            vec![None]
         } else {
-            let scopes = args
-                .namespaces
-                .iter()
-                .map(|ns| controller::run(client.clone(), Some(ns.clone()), guardrails.clone()));
-            futures::future::join_all(scopes).await;
+            args.namespaces.iter().map(|ns| Some(ns.as_str())).collect()
+        };
+        let mut scopes = Vec::new();
+        for namespace in namespaces {
+            scopes.push(Scope::new(client.clone(), namespace, guardrails.clone(), metrics.clone()).await);
         }
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let caches_filled = futures::future::join_all(scopes.iter().map(Scope::ready));
+        let flag = ready.clone();
+        tokio::spawn(async move {
+            if caches_filled.await.into_iter().all(|ok| ok) {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+        let deployments = scopes.iter().map(Scope::deployment_cache).collect();
+        let health = http::Health {
+            metrics,
+            ready,
+            deployments,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, http::router(health)).await {
+                tracing::error!("health and metrics endpoint stopped: {e}");
+            }
+        });
+        futures::future::join_all(scopes.into_iter().map(Scope::run)).await;
         ExitCode::SUCCESS
     })
 }

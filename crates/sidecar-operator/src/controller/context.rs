@@ -2,7 +2,7 @@
 //! recorder.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
@@ -12,6 +12,7 @@ use sidecar_api::SidecarPolicy;
 use sidecar_core::Guardrails;
 
 use super::FIELD_MANAGER;
+use crate::metrics::Metrics;
 
 pub struct Context {
     pub client: Client,
@@ -24,6 +25,7 @@ pub struct Context {
     /// Why the API server cannot run native sidecars, if it cannot: then nothing is written to
     /// Deployments and every policy's status says so.
     pub unsupported_server: Option<String>,
+    pub metrics: Arc<Metrics>,
     /// Consecutive failures per Deployment, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Deployment>, u32>>,
 }
@@ -54,8 +56,15 @@ impl Context {
             deployments,
             guardrails,
             unsupported_server: None,
+            metrics: Arc::default(),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Shares `metrics` with the HTTP endpoint.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Marks the API server as unable to run native sidecars, for the reason given.

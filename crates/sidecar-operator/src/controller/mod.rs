@@ -9,16 +9,20 @@ mod reconcile;
 mod status;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use sidecar_api::SidecarPolicy;
 use sidecar_core::{Guardrails, InjectionRecord, selector, supports_native_sidecars};
 use tracing::{error, info, warn};
+
+use crate::metrics::Metrics;
 
 pub use context::Context;
 pub use error::Error;
@@ -28,49 +32,115 @@ pub use status::{policies_for, reconcile_status, status_error_policy};
 /// The field manager of every write, and the Events' reporting controller.
 pub const FIELD_MANAGER: &str = "sidecar-operator";
 
-/// Runs the controllers for one namespace, or for all when `namespace` is `None`, until SIGTERM
-/// or Ctrl-C.
-pub async fn run(client: Client, namespace: Option<String>, guardrails: Guardrails) {
-    let (deployments, policies): (Api<Deployment>, Api<SidecarPolicy>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    info!(
-        namespace = namespace.as_deref().unwrap_or("*"),
-        "starting controllers"
-    );
-    let unsupported_server = check_server(&client).await;
+/// The two controllers for one namespace, or for all, with their shared caches.
+#[allow(missing_debug_implementations)] // kube's Controller has no Debug
+pub struct Scope {
+    deployment_controller: Controller<Deployment>,
+    policy_controller: Controller<SidecarPolicy>,
+    deployments: Api<Deployment>,
+    policies: Api<SidecarPolicy>,
+    ctx: Arc<Context>,
+}
 
-    // The two controllers share their caches: Deployments are reconciled against the policies,
-    // and each policy's status is computed from the Deployments.
-    let deployment_controller = Controller::new(deployments.clone(), watcher::Config::default());
-    let policy_controller = Controller::new(policies.clone(), watcher::Config::default());
-    let deployment_store = deployment_controller.store();
-    let policy_store = policy_controller.store();
-    let ctx = Arc::new(
-        Context::new(client, policy_store.clone(), deployment_store.clone(), guardrails)
-            .with_unsupported_server(unsupported_server),
-    );
+impl Scope {
+    /// Sets up the controllers for `namespace` (all namespaces when `None`) and checks that the
+    /// API server runs native sidecars.
+    pub async fn new(
+        client: Client,
+        namespace: Option<&str>,
+        guardrails: Guardrails,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (deployments, policies): (Api<Deployment>, Api<SidecarPolicy>) = match namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let unsupported_server = check_server(&client).await;
+        // The two controllers share their caches: Deployments are reconciled against the
+        // policies, and each policy's status is computed from the Deployments.
+        let deployment_controller = Controller::new(deployments.clone(), watcher::Config::default());
+        let policy_controller = Controller::new(policies.clone(), watcher::Config::default());
+        let ctx = Context::new(
+            client,
+            policy_controller.store(),
+            deployment_controller.store(),
+            guardrails,
+        )
+        .with_unsupported_server(unsupported_server)
+        .with_metrics(metrics);
+        Scope {
+            deployment_controller,
+            policy_controller,
+            deployments,
+            policies,
+            ctx: Arc::new(ctx),
+        }
+    }
 
-    let injecting = deployment_controller
-        .watches(policies, watcher::Config::default(), move |policy| {
-            affected(&deployment_store, &policy)
-        })
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(log_result);
-    let reporting = policy_controller
-        .watches(deployments, watcher::Config::default(), move |deployment| {
-            policies_for(&policy_store, &deployment)
-        })
-        .shutdown_on_signal()
-        .run(reconcile_status, status_error_policy, ctx)
-        .for_each(log_result);
-    futures::join!(injecting, reporting);
-    info!("controllers stopped");
+    /// The Deployment cache (for the `deployments_managed` metric).
+    pub fn deployment_cache(&self) -> Store<Deployment> {
+        self.ctx.deployments.clone()
+    }
+
+    /// Resolves once both caches are filled.
+    pub fn ready(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let (deployments, policies) = (self.ctx.deployments.clone(), self.ctx.policies.clone());
+        async move { deployments.wait_until_ready().await.is_ok() && policies.wait_until_ready().await.is_ok() }
+    }
+
+    /// Runs until SIGTERM or Ctrl-C.
+    pub async fn run(self) {
+        let Scope {
+            deployment_controller,
+            policy_controller,
+            deployments,
+            policies,
+            ctx,
+        } = self;
+        let deployment_store = ctx.deployments.clone();
+        let policy_store = ctx.policies.clone();
+        let injecting = deployment_controller
+            .watches(policies, watcher::Config::default(), move |policy| {
+                affected(&deployment_store, &policy)
+            })
+            .shutdown_on_signal()
+            .run(measured_reconcile, error_policy, ctx.clone())
+            .for_each(log_result);
+        let reporting = policy_controller
+            .watches(deployments, watcher::Config::default(), move |deployment| {
+                policies_for(&policy_store, &deployment)
+            })
+            .shutdown_on_signal()
+            .run(measured_status, status_error_policy, ctx)
+            .for_each(log_result);
+        futures::join!(injecting, reporting);
+        info!("controllers stopped");
+    }
+}
+
+async fn measured_reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = reconcile(deployment, ctx.clone()).await;
+    ctx.metrics.reconciled(
+        "deployment",
+        start.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
+}
+
+async fn measured_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = reconcile_status(policy, ctx.clone()).await;
+    ctx.metrics.reconciled(
+        "policy",
+        start.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
 }
 
 /// Native sidecars need Kubernetes >= 1.29. On an older server the operator writes nothing to

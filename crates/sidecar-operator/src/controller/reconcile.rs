@@ -83,7 +83,8 @@ async fn write(ctx: &Context, deployment: &Deployment, rendered: &Rendered) -> R
         )
         .await
         .map_err(|e| Error::from_write(&namespace, &name, e))?;
-    ensure_order(&api, &stored, &init_container_order(rendered))
+    ctx.metrics.wrote("apply");
+    ensure_order(ctx, &api, &stored, &init_container_order(rendered))
         .await
         .map_err(|e| Error::from_write(&namespace, &name, e))?;
 
@@ -113,7 +114,12 @@ async fn write(ctx: &Context, deployment: &Deployment, rendered: &Rendered) -> R
 /// the stored object has keep their place, new ones follow). If the stored order is not the
 /// computed one, reorder the stored list, guarded by its resourceVersion so that nothing written
 /// in between is lost. A reorder changes no field value, so no field changes owner.
-async fn ensure_order(api: &Api<Deployment>, stored: &Deployment, want: &[&str]) -> Result<(), kube::Error> {
+async fn ensure_order(
+    ctx: &Context,
+    api: &Api<Deployment>,
+    stored: &Deployment,
+    want: &[&str],
+) -> Result<(), kube::Error> {
     let Some(current) = stored
         .spec
         .template
@@ -140,6 +146,7 @@ async fn ensure_order(api: &Api<Deployment>, stored: &Deployment, want: &[&str])
     });
     api.patch(&stored.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
+    ctx.metrics.wrote("reorder");
     Ok(())
 }
 

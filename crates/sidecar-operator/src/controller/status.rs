@@ -67,6 +67,7 @@ pub async fn reconcile_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> 
             name,
             source,
         })?;
+    ctx.metrics.wrote("status");
     Ok(Action::await_change())
 }
 

@@ -1,0 +1,104 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::reflector::Store;
+use sidecar_core::InjectionRecord;
+
+use crate::metrics::Metrics;
+
+/// What the endpoints report on.
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub metrics: Arc<Metrics>,
+    /// Set once the watch caches are filled and the controllers can reconcile.
+    pub ready: Arc<AtomicBool>,
+    /// The Deployment caches of every scope, for the `deployments_managed` gauge.
+    pub deployments: Vec<Store<Deployment>>,
+}
+
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health)
+}
+
+async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches are still filling")
+    }
+}
+
+async fn metrics(State(health): State<Health>) -> (StatusCode, String) {
+    let managed = health
+        .deployments
+        .iter()
+        .flat_map(|store| store.state())
+        .filter(|d| {
+            InjectionRecord::read(d)
+                .ok()
+                .flatten()
+                .is_some_and(|r| !r.is_empty())
+        })
+        .count();
+    health.metrics.set_managed(managed);
+    match health.metrics.encode() {
+        Ok(text) => (StatusCode::OK, text),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn endpoints_report_health_readiness_and_metrics() {
+        let health = Health {
+            metrics: Arc::default(),
+            ready: Arc::default(),
+            deployments: Vec::new(),
+        };
+        let app = router(health.clone());
+        assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            get(app.clone(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        health.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
+        health.metrics.wrote("status");
+        let (status, text) = get(app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains("sidecar_operator_writes_total{kind=\"status\"} 1"),
+            "{text}"
+        );
+    }
+}
