@@ -55,6 +55,23 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Run the controllers only while holding a Lease, so that several replicas are safe.
+    #[arg(long)]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "POD_NAMESPACE",
+        default_value = "default"
+    )]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "sidecar-operator")]
+    pub leader_election_lease: String,
+
     /// Address of the /healthz, /readyz and /metrics endpoint.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,

@@ -1,7 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,14 +13,26 @@ use sidecar_core::InjectionRecord;
 
 use crate::metrics::Metrics;
 
-/// What the endpoints report on.
-#[derive(Clone, Debug)]
+/// What the endpoints report on. Clones share their state.
+#[derive(Clone, Debug, Default)]
 pub struct Health {
     pub metrics: Arc<Metrics>,
-    /// Set once the watch caches are filled and the controllers can reconcile.
+    /// Set once the watch caches are filled and the controllers can reconcile (or while a
+    /// replica stands by for leadership).
     pub ready: Arc<AtomicBool>,
-    /// The Deployment caches of every scope, for the `deployments_managed` gauge.
-    pub deployments: Vec<Store<Deployment>>,
+    /// The Deployment caches of every scope, for the `deployments_managed` gauge; empty until the
+    /// controllers start.
+    deployments: Arc<RwLock<Vec<Store<Deployment>>>>,
+}
+
+impl Health {
+    /// Reports on these Deployment caches from now on.
+    pub fn watch(&self, caches: Vec<Store<Deployment>>) {
+        *self
+            .deployments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = caches;
+    }
 }
 
 pub fn router(health: Health) -> Router {
@@ -40,8 +52,12 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(health): State<Health>) -> (StatusCode, String) {
-    let managed = health
+    let caches = health
         .deployments
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let managed = caches
         .iter()
         .flat_map(|store| store.state())
         .filter(|d| {
@@ -80,11 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_report_health_readiness_and_metrics() {
-        let health = Health {
-            metrics: Arc::default(),
-            ready: Arc::default(),
-            deployments: Vec::new(),
-        };
+        let health = Health::default();
         let app = router(health.clone());
         assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
         assert_eq!(

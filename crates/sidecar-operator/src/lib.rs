@@ -6,5 +6,6 @@ pub mod controller;
 pub mod crd;
 pub mod http;
 pub mod input;
+pub mod leader;
 pub mod metrics;
 pub mod render_cmd;

@@ -3,11 +3,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidecar_operator::cli::{Cli, Command, LogFormat, RunArgs};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use sidecar_operator::controller::Scope;
-use sidecar_operator::metrics::Metrics;
+use sidecar_operator::leader::{self, Election};
 use sidecar_operator::{crd, http, render_cmd};
 
 /// A render is allocation-bound; mimalloc makes it a third faster (docs/performance.md).
@@ -17,6 +16,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit codes, as documented in `render --help`.
 const BAD_INPUT: u8 = 1;
 const REFUSED: u8 = 2;
+/// `run` ends when another replica took the Lease: restart and stand by.
+const LOST_LEADERSHIP: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -77,8 +78,26 @@ fn run(args: &RunArgs) -> ExitCode {
             Ok(listener) => listener,
             Err(e) => return fail(&e),
         };
+        let health = http::Health::default();
+        serve(listener, health.clone());
+
+        // Leader election: a standby replica is healthy and ready to take over.
+        let mut leadership = None;
+        if args.leader_election {
+            let election = Election {
+                namespace: args.leader_election_namespace.clone(),
+                lease: args.leader_election_lease.clone(),
+                identity: leader::default_identity(),
+            };
+            health.ready.store(true, Ordering::Relaxed);
+            match leader::acquire(client.clone(), &election).await {
+                Ok(held) => leadership = Some(held),
+                Err(e) => return fail(&e),
+            }
+            health.ready.store(false, Ordering::Relaxed);
+        }
+
         let guardrails = args.guardrails.to_guardrails();
-        let metrics = Arc::new(Metrics::default());
         let namespaces: Vec<Option<&str>> = if args.namespaces.is_empty() {
             vec![None]
         } else {
@@ -86,31 +105,41 @@ fn run(args: &RunArgs) -> ExitCode {
         };
         let mut scopes = Vec::new();
         for namespace in namespaces {
-            scopes.push(Scope::new(client.clone(), namespace, guardrails.clone(), metrics.clone()).await);
+            scopes.push(Scope::new(client.clone(), namespace, guardrails.clone(), health.metrics.clone()).await);
         }
-
-        let ready = Arc::new(AtomicBool::new(false));
+        health.watch(scopes.iter().map(Scope::deployment_cache).collect());
         let caches_filled = futures::future::join_all(scopes.iter().map(Scope::ready));
-        let flag = ready.clone();
+        let ready = health.ready.clone();
         tokio::spawn(async move {
             if caches_filled.await.into_iter().all(|ok| ok) {
-                flag.store(true, Ordering::Relaxed);
+                ready.store(true, Ordering::Relaxed);
             }
         });
-        let deployments = scopes.iter().map(Scope::deployment_cache).collect();
-        let health = http::Health {
-            metrics,
-            ready,
-            deployments,
-        };
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, http::router(health)).await {
-                tracing::error!("health and metrics endpoint stopped: {e}");
+
+        let controllers = futures::future::join_all(scopes.into_iter().map(Scope::run));
+        match leadership {
+            None => {
+                controllers.await;
+                ExitCode::SUCCESS
             }
-        });
-        futures::future::join_all(scopes.into_iter().map(Scope::run)).await;
-        ExitCode::SUCCESS
+            Some(mut held) => tokio::select! {
+                _ = controllers => ExitCode::SUCCESS,
+                () = held.lost() => {
+                    tracing::error!("lost the leader-election Lease; exiting so that another replica takes over");
+                    ExitCode::from(LOST_LEADERSHIP)
+                }
+            },
+        }
     })
+}
+
+/// Serves /healthz, /readyz and /metrics in the background.
+fn serve(listener: tokio::net::TcpListener, health: http::Health) {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(health)).await {
+            tracing::error!("health and metrics endpoint stopped: {e}");
+        }
+    });
 }
 
 fn print(text: &str) -> ExitCode {
