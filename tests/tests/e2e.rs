@@ -384,3 +384,84 @@ async fn conflicts_are_reported_and_idle_means_no_writes() {
     );
     operator.abort();
 }
+
+#[tokio::test]
+async fn a_gitops_tool_and_the_operator_keep_their_own_fields() {
+    let Some(client) = client().await else { return };
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "gitops").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
+    // Flux applies with server-side apply and forces its own fields.
+    let flux = PatchParams::apply("kustomize-controller").force();
+
+    let manifest = example("u4-tls-proxy", "deployment.yaml", &ns.name);
+    deployments
+        .patch("legacy-billing", &flux, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    let policy = example("u4-tls-proxy", "policy.yaml", &ns.name);
+    policies
+        .patch("tls-terminator", &flux, &Patch::Apply(&policy))
+        .await
+        .unwrap();
+    let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
+
+    let injected = wait_for("the proxy injected before the app's init step", || async {
+        let live = deployments.get("legacy-billing").await.ok()?;
+        (init_names(&live) == ["tls-proxy", "migrate"]).then_some(live)
+    })
+    .await;
+
+    // Flux re-applies the unchanged manifest: nothing of the operator's goes, nothing flips.
+    deployments
+        .patch("legacy-billing", &flux, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = deployments.get("legacy-billing").await.unwrap();
+    assert_eq!(
+        init_names(&after),
+        ["tls-proxy", "migrate"],
+        "{}",
+        dump(&client, &ns.name).await
+    );
+    assert_eq!(
+        after.metadata.generation, injected.metadata.generation,
+        "a re-apply of the same manifest rolled the pods"
+    );
+
+    // Flux changes its own container: its change lands, the operator's fields stay.
+    let mut changed = manifest.clone();
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("registry.example.com/billing/app:3.3.0");
+    deployments
+        .patch("legacy-billing", &flux, &Patch::Apply(&changed))
+        .await
+        .unwrap();
+    let updated = wait_for("Flux's image change", || async {
+        let live = deployments.get("legacy-billing").await.ok()?;
+        let image = live.spec.template.spec.as_ref()?.containers[0].image.clone()?;
+        (image.ends_with(":3.3.0")).then_some(live)
+    })
+    .await;
+    assert_eq!(
+        init_names(&updated),
+        ["tls-proxy", "migrate"],
+        "{}",
+        dump(&client, &ns.name).await
+    );
+    let generation = updated.metadata.generation;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        deployments
+            .get("legacy-billing")
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        generation,
+        "flip-flop"
+    );
+    operator.abort();
+}
