@@ -9,6 +9,7 @@ use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::client::Body;
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
 use sidecar_operator::controller::{
-    Context, Error, FIELD_MANAGER, affected, policies_for, reconcile, reconcile_status,
+    Context, Error, FIELD_MANAGER, GuardedPolicy, affected, policies_for, reconcile, reconcile_status,
 };
 use tower_test::mock::{Handle, SendResponse};
 
@@ -88,7 +89,16 @@ fn context(policies: Vec<SidecarPolicy>) -> (Arc<Context>, ApiHandle) {
     context_with(policies, vec![])
 }
 
+/// Policies as the watch decodes them.
+fn guarded(policies: Vec<SidecarPolicy>) -> Vec<GuardedPolicy> {
+    policies.into_iter().map(|p| DeserializeGuard(Ok(p))).collect()
+}
+
 fn context_with(policies: Vec<SidecarPolicy>, deployments: Vec<Deployment>) -> (Arc<Context>, ApiHandle) {
+    context_guarded(guarded(policies), deployments)
+}
+
+fn context_guarded(policies: Vec<GuardedPolicy>, deployments: Vec<Deployment>) -> (Arc<Context>, ApiHandle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     (
@@ -391,7 +401,10 @@ async fn policy_status_is_written_when_it_changes_and_only_then() {
     let policies = vec![policy("shipper")];
     let deployments = vec![stored(&deployment(), &policies)];
     let (ctx, handle) = context_with(policies.clone(), deployments.clone());
-    let reconciled = tokio::spawn(reconcile_status(Arc::new(policies[0].clone()), ctx));
+    let reconciled = tokio::spawn(reconcile_status(
+        Arc::new(DeserializeGuard(Ok(policies[0].clone()))),
+        ctx,
+    ));
     let written = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
     let seen = written.clone();
     drive(reconciled, handle, |mut handle| async move {
@@ -418,7 +431,7 @@ async fn policy_status_is_written_when_it_changes_and_only_then() {
     let mut with_status = policies[0].clone();
     with_status.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
     let (ctx, handle) = context_with(vec![with_status.clone()], deployments);
-    let reconciled = tokio::spawn(reconcile_status(Arc::new(with_status), ctx));
+    let reconciled = tokio::spawn(reconcile_status(Arc::new(DeserializeGuard(Ok(with_status))), ctx));
     drive(reconciled, handle, |handle| async move { handle })
         .await
         .unwrap();
@@ -436,7 +449,7 @@ fn a_policy_change_triggers_what_it_selects_and_what_it_was_applied_to() {
     let mut elsewhere = deployment();
     elsewhere.metadata.namespace = Some("other".into());
     let store = cache(vec![applied, unlabeled, stranger, elsewhere]);
-    let mut names: Vec<_> = affected(&store, &policy("shipper"))
+    let mut names: Vec<_> = affected(&store, &DeserializeGuard(Ok(policy("shipper"))))
         .into_iter()
         .map(|r| r.name)
         .collect();
@@ -453,7 +466,7 @@ fn a_deployment_change_triggers_the_status_of_its_policies() {
     let mut other = policy("shipper");
     other.metadata.name = Some("other".into());
     other.spec.selector = serde_json::from_value(json!({"matchLabels": {"app": "api"}})).unwrap();
-    let store = cache(vec![policy("shipper"), other]);
+    let store = cache(guarded(vec![policy("shipper"), other]));
     let names: Vec<_> = policies_for(&store, &deployment())
         .into_iter()
         .map(|r| r.name)
@@ -469,7 +482,7 @@ async fn an_old_server_gets_no_writes_and_every_policy_says_why() {
     let ctx = Arc::new(
         Context::new(
             client,
-            cache(policies.clone()),
+            cache(guarded(policies.clone())),
             cache(vec![deployment()]),
             Guardrails::default(),
         )
@@ -480,7 +493,7 @@ async fn an_old_server_gets_no_writes_and_every_policy_says_why() {
     let ctx2 = Arc::new(
         Context::new(
             Client::new(service2, "default"),
-            cache(policies.clone()),
+            cache(guarded(policies.clone())),
             cache(vec![]),
             Guardrails::default(),
         )
@@ -490,7 +503,10 @@ async fn an_old_server_gets_no_writes_and_every_policy_says_why() {
         .await
         .unwrap();
     // The policy: Ready=False, reason UnsupportedServer.
-    let reconciled = tokio::spawn(reconcile_status(Arc::new(policies[0].clone()), ctx));
+    let reconciled = tokio::spawn(reconcile_status(
+        Arc::new(DeserializeGuard(Ok(policies[0].clone()))),
+        ctx,
+    ));
     drive(reconciled, handle, |mut handle| async move {
         let (request, body, send) = next(&mut handle).await;
         assert_eq!(request.uri().path(), POLICY_STATUS_PATH);
@@ -501,4 +517,34 @@ async fn an_old_server_gets_no_writes_and_every_policy_says_why() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_policy_leaves_its_namespace_untouched_and_says_why() {
+    let unreadable = DeserializeGuard(Err(InvalidObject {
+        error: "spec.sidecars: invalid type: string, expected a sequence".into(),
+        metadata: serde_json::from_value(json!({"name": "broken", "namespace": "demo", "uid": "p-2"}))
+            .unwrap(),
+    }));
+    let (ctx, handle) = context_guarded(
+        vec![unreadable.clone(), DeserializeGuard(Ok(policy("shipper")))],
+        vec![],
+    );
+    let result = run(ctx, deployment(), handle, |mut handle| async move {
+        let (reason, type_, kind) = expect_event(&mut handle).await;
+        assert_eq!(
+            (reason.as_str(), type_.as_str(), kind.as_str()),
+            ("UnreadablePolicy", "Warning", "Deployment")
+        );
+        handle
+    })
+    .await;
+    result.unwrap();
+
+    // Its change re-triggers every Deployment of the namespace.
+    let mut api = deployment();
+    api.metadata.name = Some("api".into());
+    api.metadata.labels = None;
+    let store = cache(vec![deployment(), api]);
+    assert_eq!(affected(&store, &unreadable).len(), 2);
 }

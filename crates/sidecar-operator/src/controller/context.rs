@@ -5,19 +5,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Client;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
 use sidecar_api::SidecarPolicy;
 use sidecar_core::Guardrails;
 
-use super::FIELD_MANAGER;
+use super::{FIELD_MANAGER, GuardedPolicy};
 use crate::metrics::Metrics;
 
 pub struct Context {
     pub client: Client,
     /// Every SidecarPolicy the operator watches, kept current by the policy controller's watch.
-    pub policies: Store<SidecarPolicy>,
+    /// A policy that cannot be decoded is kept as an error rather than stalling the watch.
+    pub policies: Store<GuardedPolicy>,
     /// Every Deployment the operator watches, kept current by the Deployment controller's watch.
     pub deployments: Store<Deployment>,
     pub guardrails: Guardrails,
@@ -41,7 +43,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub fn new(
         client: Client,
-        policies: Store<SidecarPolicy>,
+        policies: Store<GuardedPolicy>,
         deployments: Store<Deployment>,
         guardrails: Guardrails,
     ) -> Self {
@@ -73,6 +75,21 @@ impl Context {
         self
     }
 
+    /// The policies of `namespace`: those that decode, and those that do not.
+    pub fn namespace_policies(&self, namespace: &str) -> NamespacePolicies {
+        let mut policies = NamespacePolicies::default();
+        for guarded in self.policies.state() {
+            if guarded.namespace().as_deref() != Some(namespace) {
+                continue;
+            }
+            match &guarded.0 {
+                Ok(policy) => policies.readable.push(policy.clone()),
+                Err(invalid) => policies.unreadable.push(invalid.clone()),
+            }
+        }
+        policies
+    }
+
     /// Counts a failure of `deployment` and returns how many in a row it has had.
     pub(crate) fn failed(&self, deployment: ObjectRef<Deployment>) -> u32 {
         let mut failures = self
@@ -90,4 +107,12 @@ impl Context {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(deployment);
     }
+}
+
+/// The SidecarPolicies of one namespace.
+#[derive(Debug, Default)]
+pub struct NamespacePolicies {
+    pub readable: Vec<SidecarPolicy>,
+    /// Policies whose stored form does not decode (for example written under an older CRD).
+    pub unreadable: Vec<InvalidObject>,
 }

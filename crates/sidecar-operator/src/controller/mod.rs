@@ -14,6 +14,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
@@ -24,10 +25,14 @@ use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 
-pub use context::Context;
+pub use context::{Context, NamespacePolicies};
 pub use error::Error;
 pub use reconcile::{error_policy, reconcile};
 pub use status::{policies_for, reconcile_status, status_error_policy};
+
+/// A SidecarPolicy as the watches decode it: one that does not decode is kept as an error
+/// instead of failing the whole list, so it cannot stall the watch.
+pub type GuardedPolicy = DeserializeGuard<SidecarPolicy>;
 
 /// The field manager of every write, and the Events' reporting controller.
 pub const FIELD_MANAGER: &str = "sidecar-operator";
@@ -36,9 +41,9 @@ pub const FIELD_MANAGER: &str = "sidecar-operator";
 #[allow(missing_debug_implementations)] // kube's Controller has no Debug
 pub struct Scope {
     deployment_controller: Controller<Deployment>,
-    policy_controller: Controller<SidecarPolicy>,
+    policy_controller: Controller<GuardedPolicy>,
     deployments: Api<Deployment>,
-    policies: Api<SidecarPolicy>,
+    policies: Api<GuardedPolicy>,
     ctx: Arc<Context>,
 }
 
@@ -51,7 +56,7 @@ impl Scope {
         guardrails: Guardrails,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (deployments, policies): (Api<Deployment>, Api<SidecarPolicy>) = match namespace {
+        let (deployments, policies): (Api<Deployment>, Api<GuardedPolicy>) = match namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
                 Api::namespaced(client.clone(), ns),
@@ -132,7 +137,7 @@ async fn measured_reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> R
     result
 }
 
-async fn measured_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn measured_status(policy: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     let result = reconcile_status(policy, ctx.clone()).await;
     ctx.metrics.reconciled(
@@ -170,8 +175,9 @@ fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future:
 }
 
 /// The Deployments a change to `policy` may affect: those it selects now, and those whose record
-/// says it was applied (it may have been narrowed or deleted since).
-pub fn affected(deployments: &Store<Deployment>, policy: &SidecarPolicy) -> Vec<ObjectRef<Deployment>> {
+/// says it was applied (it may have been narrowed or deleted since). An unreadable policy affects
+/// every Deployment of its namespace.
+pub fn affected(deployments: &Store<Deployment>, policy: &GuardedPolicy) -> Vec<ObjectRef<Deployment>> {
     let name = policy.name_any();
     let namespace = policy.namespace();
     deployments
@@ -179,6 +185,9 @@ pub fn affected(deployments: &Store<Deployment>, policy: &SidecarPolicy) -> Vec<
         .iter()
         .filter(|d| d.namespace() == namespace)
         .filter(|d| {
+            let Ok(policy) = &policy.0 else {
+                return true; // unreadable: it may select any Deployment of its namespace
+            };
             let labels = d.metadata.labels.clone().unwrap_or_default();
             let selected = selector::matches(&policy.spec.selector, &labels).unwrap_or(false);
             let recorded = InjectionRecord::read(d)

@@ -17,7 +17,7 @@ use sidecar_core::{
 use tracing::{info, instrument, warn};
 
 use super::FIELD_MANAGER;
-use super::context::Context;
+use super::context::{Context, NamespacePolicies};
 use super::error::{Error, backoff};
 
 /// Events carry at most this much text (the API server limits notes to 1 kB).
@@ -34,13 +34,31 @@ pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result
         .await
         .map_err(Error::CacheNotReady)?;
     let namespace = deployment.namespace().unwrap_or_default();
-    let policies: Vec<SidecarPolicy> = ctx
-        .policies
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-        .map(|p| SidecarPolicy::clone(p))
-        .collect();
+    let NamespacePolicies {
+        readable: policies,
+        unreadable,
+    } = ctx.namespace_policies(&namespace);
+    if let Some(invalid) = unreadable.first() {
+        // It may select this Deployment, or have injected into it: rendering without it could
+        // strip what it asked for. Leave the Deployment as it is until the policy is fixed.
+        let name = invalid.metadata.name.clone().unwrap_or_default();
+        warn!(policy = %name, "SidecarPolicy cannot be decoded: {}", invalid.error);
+        let note = format!(
+            "not changed: SidecarPolicy {name:?} in this namespace cannot be read: {}",
+            invalid.error
+        );
+        publish(
+            &ctx,
+            deployment.object_ref(&()),
+            EventType::Warning,
+            "UnreadablePolicy",
+            "Render",
+            note,
+        )
+        .await;
+        ctx.succeeded(&ObjectRef::from_obj(&*deployment));
+        return Ok(Action::await_change());
+    }
     let set = PolicySet::new(&policies, &ctx.guardrails);
     let rendered = match set.render(&deployment) {
         Ok(rendered) => rendered,

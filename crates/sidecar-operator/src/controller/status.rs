@@ -6,21 +6,43 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::{InjectionRecord, PolicySet, policy_status, selector, unsupported_server_status};
 use tracing::{debug, instrument, warn};
 
-use super::FIELD_MANAGER;
 use super::context::Context;
 use super::error::{Error, backoff};
+use super::{FIELD_MANAGER, GuardedPolicy};
 
-#[instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
-pub async fn reconcile_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[instrument(skip_all, fields(policy = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
+pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let policy = match &guarded.0 {
+        Ok(policy) => policy,
+        Err(invalid) => {
+            // Its status cannot be compared without decoding it; an Event says what is wrong.
+            let note = format!(
+                "cannot be decoded, so no Deployment in this namespace is changed: {}",
+                invalid.error
+            );
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "UnreadablePolicy".to_owned(),
+                note: Some(note),
+                action: "Decode".to_owned(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &guarded.object_ref(&())).await {
+                warn!("could not publish Event UnreadablePolicy: {e}");
+            }
+            return Ok(Action::await_change());
+        }
+    };
     ctx.policies
         .wait_until_ready()
         .await
@@ -30,13 +52,7 @@ pub async fn reconcile_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> 
         .await
         .map_err(Error::CacheNotReady)?;
     let namespace = policy.namespace().unwrap_or_default();
-    let policies: Vec<SidecarPolicy> = ctx
-        .policies
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-        .map(|p| SidecarPolicy::clone(p))
-        .collect();
+    let policies = ctx.namespace_policies(&namespace).readable;
     let set = PolicySet::new(&policies, &ctx.guardrails);
     let deployments: Vec<Arc<Deployment>> = ctx
         .deployments
@@ -47,8 +63,8 @@ pub async fn reconcile_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> 
     let refs: Vec<&Deployment> = deployments.iter().map(|d| &**d).collect();
     let now = Time(Timestamp::now());
     let status = match &ctx.unsupported_server {
-        Some(reason) => unsupported_server_status(&policy, reason, policy.status.as_ref(), &now),
-        None => policy_status(&policy, &set, &refs, policy.status.as_ref(), &now),
+        Some(reason) => unsupported_server_status(policy, reason, policy.status.as_ref(), &now),
+        None => policy_status(policy, &set, &refs, policy.status.as_ref(), &now),
     };
     if policy.status.as_ref() == Some(&status) {
         debug!("status unchanged");
@@ -71,7 +87,7 @@ pub async fn reconcile_status(policy: Arc<SidecarPolicy>, ctx: Arc<Context>) -> 
     Ok(Action::await_change())
 }
 
-pub fn status_error_policy(policy: Arc<SidecarPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn status_error_policy(policy: Arc<GuardedPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
     warn!(policy = %policy.name_any(), category = error.category(), "status update failed: {error}");
     Action::requeue(backoff(2))
 }
@@ -79,9 +95,9 @@ pub fn status_error_policy(policy: Arc<SidecarPolicy>, error: &Error, _ctx: Arc<
 /// The policies whose status a change to `deployment` may change: those of its namespace that
 /// select it or were applied to it.
 pub fn policies_for(
-    policies: &Store<SidecarPolicy>,
+    policies: &Store<GuardedPolicy>,
     deployment: &Deployment,
-) -> Vec<ObjectRef<SidecarPolicy>> {
+) -> Vec<ObjectRef<GuardedPolicy>> {
     let labels = deployment.metadata.labels.clone().unwrap_or_default();
     let record = InjectionRecord::read(deployment)
         .ok()
@@ -92,8 +108,10 @@ pub fn policies_for(
         .iter()
         .filter(|p| p.namespace() == deployment.namespace())
         .filter(|p| {
-            selector::matches(&p.spec.selector, &labels).unwrap_or(false)
-                || record.policies.contains(&p.name_any())
+            let selects =
+                p.0.as_ref()
+                    .is_ok_and(|p| selector::matches(&p.spec.selector, &labels).unwrap_or(false));
+            selects || record.policies.contains(&p.name_any())
         })
         .map(|p| ObjectRef::from_obj(&**p))
         .collect()
