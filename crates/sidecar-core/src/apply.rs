@@ -120,23 +120,20 @@ pub(crate) fn owned_fields(deployment: &Deployment, record: &InjectionRecord) ->
 /// when this is false.
 pub fn is_up_to_date(live: &Deployment, rendered: &Rendered) -> bool {
     let live_record = InjectionRecord::read(live).ok().flatten().unwrap_or_default();
-    let live_order: Vec<&str> = live
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.init_containers.as_ref())
-        .map(|list| list.iter().map(|c| c.name.as_str()).collect())
-        .unwrap_or_default();
     live_record == rendered.record
-        && live_order == init_container_order(rendered)
+        && init_container_names(live) == init_container_order(rendered)
         && serde_json::to_value(live).is_ok_and(|live| contains(&live, &apply_patch(rendered)))
 }
 
 /// The names of the pod's init containers in the order the render computed. After a
 /// server-side apply the controller compares the stored order with this one.
 pub fn init_container_order(rendered: &Rendered) -> Vec<&str> {
-    let pod = rendered.deployment.spec.template.spec.as_ref();
+    init_container_names(&rendered.deployment)
+}
+
+/// The names of `deployment`'s init containers, in their order.
+pub fn init_container_names(deployment: &Deployment) -> Vec<&str> {
+    let pod = deployment.spec.template.spec.as_ref();
     pod.and_then(|p| p.init_containers.as_ref())
         .map(|list| list.iter().map(|c| c.name.as_str()).collect())
         .unwrap_or_default()

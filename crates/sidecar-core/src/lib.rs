@@ -18,7 +18,7 @@ mod site;
 pub mod status;
 mod validate;
 
-pub use apply::{apply_patch, contains, init_container_order, is_up_to_date};
+pub use apply::{apply_patch, contains, init_container_names, init_container_order, is_up_to_date};
 pub use guardrails::Guardrails;
 pub use problem::{Problem, ProblemKind, Refusal, Warning};
 pub use record::{InjectionRecord, RecordError};

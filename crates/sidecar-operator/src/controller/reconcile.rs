@@ -12,7 +12,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::{
-    InjectionRecord, PolicySet, Refusal, Rendered, apply_patch, init_container_order, is_up_to_date,
+    InjectionRecord, PolicySet, Refusal, Rendered, apply_patch, init_container_names, init_container_order,
+    is_up_to_date,
 };
 use tracing::{info, instrument, warn};
 
@@ -138,20 +139,17 @@ async fn ensure_order(
     stored: &Deployment,
     want: &[&str],
 ) -> Result<(), kube::Error> {
-    let Some(current) = stored
+    let have = init_container_names(stored);
+    if have == want {
+        return Ok(());
+    }
+    let current = stored
         .spec
         .template
         .spec
         .as_ref()
-        .and_then(|p| p.init_containers.as_ref())
-    else {
-        return Ok(());
-    };
-    let have: Vec<&str> = current.iter().map(|c| c.name.as_str()).collect();
-    if have == want {
-        return Ok(());
-    }
-    let mut reordered = current.clone();
+        .and_then(|p| p.init_containers.as_ref());
+    let mut reordered = current.cloned().unwrap_or_default();
     reordered.sort_by_key(|c| want.iter().position(|w| *w == c.name).unwrap_or(usize::MAX));
     info!(
         ?have,
