@@ -22,6 +22,8 @@ pub enum InputError {
     },
     #[error("standard input (-) can be read only once, but it was given for more than one file")]
     StdinTwice,
+    #[error("{source_name} is given more than once; give each file once")]
+    FileTwice { source_name: SourceName },
     #[error("{at}: invalid YAML: {source}")]
     Yaml {
         at: DocumentRef,
@@ -147,11 +149,15 @@ pub struct Parsed<T> {
 #[derive(Debug)]
 pub struct Sources<R> {
     stdin: Option<R>,
+    read: Vec<PathBuf>,
 }
 
 impl<R: Read> Sources<R> {
     pub fn new(stdin: R) -> Self {
-        Sources { stdin: Some(stdin) }
+        Sources {
+            stdin: Some(stdin),
+            read: Vec::new(),
+        }
     }
 
     pub fn read(&mut self, path: &Path) -> Result<(SourceName, String), InputError> {
@@ -167,6 +173,10 @@ impl<R: Read> Sources<R> {
                 })?;
             text
         } else {
+            if self.read.iter().any(|earlier| earlier == path) {
+                return Err(InputError::FileTwice { source_name: name });
+            }
+            self.read.push(path.to_owned());
             std::fs::read_to_string(path).map_err(|source| InputError::Read {
                 source_name: name.clone(),
                 source,
@@ -236,7 +246,7 @@ fn parse_document<T: DeserializeOwned>(at: &DocumentRef, value: Value, kind: Kin
     let mut unknown = Vec::new();
     // apiVersion and kind were checked above; the derived CRD type does not read them.
     let object = serde_ignored::deserialize(value, |path| {
-        let path = path.to_string();
+        let path = field_path(&path);
         if path != "apiVersion" && path != "kind" {
             unknown.push(path);
         }
@@ -256,6 +266,23 @@ fn parse_document<T: DeserializeOwned>(at: &DocumentRef, value: Value, kind: Kin
         });
     }
     Ok(object)
+}
+
+/// A path like `spec.template.spec.containers[0].imagee`, as the engine writes field paths.
+/// (serde_ignored's own Display writes `spec.?.template.?.spec.?.containers.?.0.imagee`.)
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            field_path(parent)
+        }
+    }
 }
 
 /// Puts every object in one namespace: the one that those with a namespace share, or `default`.
@@ -368,6 +395,40 @@ mod tests {
             err.to_string(),
             "in.yaml document 1 (sidecar.dev/v1alpha1 SidecarPolicy \"p\"): unknown field spec.sidecar"
         );
+    }
+
+    #[test]
+    fn unknown_fields_in_nested_types_have_engine_style_paths() {
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n      - {name: a, image: x}\n      - {name: b, imagee: x}\n";
+        let err = parse_all::<Deployment>(&source(), deployment, Kind::Deployment).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "in.yaml document 1 (apps/v1 Deployment \"d\"): unknown field spec.template.spec.containers[1].imagee"
+        );
+
+        let probe = POLICY.replace(
+            "image: \"b:1\"",
+            "image: \"b:1\", startupProbe: {exec: {comand: [x]}}",
+        );
+        let err = parse_all::<SidecarPolicy>(&source(), &probe, Kind::SidecarPolicy).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("unknown field spec.sidecars[0].startupProbe.exec.comand"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_is_read_once() {
+        let mut sources = Sources::new(std::io::empty());
+        let path = Path::new("/nonexistent/sidecar-operator/p.yaml");
+        assert!(matches!(sources.read(path), Err(InputError::Read { .. })));
+        assert!(matches!(sources.read(path), Err(InputError::FileTwice { .. })));
+        assert!(sources.read(Path::new("-")).is_ok());
+        assert!(matches!(
+            sources.read(Path::new("-")),
+            Err(InputError::StdinTwice)
+        ));
     }
 
     #[test]

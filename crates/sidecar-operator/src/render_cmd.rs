@@ -45,8 +45,9 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
         let (name, text) = sources.read(path)?;
         policies.extend(input::parse_all(&name, &text, Kind::SidecarPolicy)?);
     }
-    let (name, text) = sources.read(&args.deployment)?;
-    let mut deployments: Vec<Parsed<Deployment>> = input::parse_all(&name, &text, Kind::Deployment)?;
+    let (deployment_source, text) = sources.read(&args.deployment)?;
+    let mut deployments: Vec<Parsed<Deployment>> =
+        input::parse_all(&deployment_source, &text, Kind::Deployment)?;
     input::check_unique_policies(&policies)?;
     let had_namespace = input::unify_namespaces(&mut policies, &mut deployments)?;
 
@@ -89,7 +90,7 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
                 notes.push(format!("Deployment {name:?}: no change"));
                 continue;
             }
-            let file = args.deployment.display().to_string();
+            let file = &deployment_source;
             let diff = TextDiff::from_lines(&before, &yaml);
             output.push_str(
                 &diff

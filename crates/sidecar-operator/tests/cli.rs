@@ -280,7 +280,183 @@ fn warnings_go_to_stderr_without_failing() {
 
 #[test]
 fn crd_command_prints_the_crd() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let out = run(&["crd"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let crd: CustomResourceDefinition = serde_norway::from_str(&stdout(&out)).unwrap();
+    assert_eq!(crd.metadata.name.as_deref(), Some("sidecarpolicies.sidecar.dev"));
+    assert_eq!(crd.spec.names.kind, "SidecarPolicy");
+}
+
+#[test]
+fn version_is_printed() {
+    let out = run(&["--version"], None);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout(&out).contains("name: sidecarpolicies.sidecar.dev"));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("sidecar-operator {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn render_help_documents_the_exit_codes() {
+    let out = run(&["render", "--help"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    assert!(help.contains("Exit codes: 0 rendered; 1 bad input"), "{help}");
+    for flag in [
+        "--allow-privileged",
+        "--allow-host-path",
+        "--allow-run-as-root",
+        "--allow-capability",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn unknown_fields_in_kubernetes_types_have_engine_style_paths() {
+    let f = Fixture::new();
+    let typo = DEPLOYMENT.replace("image: \"nginx:1.27\"", "imagee: \"nginx:1.27\"");
+    let d = f.file("d.yaml", &typo);
+    let out = render(&f.file("p.yaml", POLICY), &d, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{} document 1 (apps/v1 Deployment \"web\"): unknown field spec.template.spec.containers[0].imagee",
+            d.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn several_deployments_are_rendered_as_one_stream() {
+    let f = Fixture::new();
+    // The first Deployment names the namespace; the second takes it, but does not print it.
+    let first = DEPLOYMENT.replace("metadata: {name: web,", "metadata: {name: web, namespace: shop,");
+    let second = DEPLOYMENT.replace("metadata: {name: web,", "metadata: {name: web2,");
+    let d = f.file("d.yaml", &format!("{first}---\n{second}---\n"));
+    let out = render(&f.file("p.yaml", POLICY), &d, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let documents: Vec<k8s_openapi::api::apps::v1::Deployment> = text
+        .split("\n---\n")
+        .map(|doc| serde_norway::from_str(doc).unwrap())
+        .collect();
+    assert_eq!(documents.len(), 2, "{text}");
+    assert_eq!(documents[0].metadata.name.as_deref(), Some("web"));
+    assert_eq!(documents[0].metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!(documents[1].metadata.name.as_deref(), Some("web2"));
+    assert_eq!(documents[1].metadata.namespace, None, "{text}");
+    for deployment in &documents {
+        let pod = deployment.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.init_containers.as_ref().unwrap()[0].name, "shipper");
+    }
+}
+
+#[test]
+fn several_policy_files_after_one_flag() {
+    let f = Fixture::new();
+    let second = POLICY
+        .replace("log-shipper", "metrics")
+        .replace("name: shipper", "name: exporter");
+    let (p1, p2) = (f.file("p1.yaml", POLICY), f.file("p2.yaml", &second));
+    let d = f.file("d.yaml", DEPLOYMENT);
+    let args = [
+        "render",
+        "--policy",
+        p1.to_str().unwrap(),
+        p2.to_str().unwrap(),
+        "--deployment",
+        d.to_str().unwrap(),
+    ];
+    let out = run(&args, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("name: shipper") && text.contains("name: exporter"),
+        "{text}"
+    );
+}
+
+#[test]
+fn duplicate_policy_names_are_refused() {
+    let f = Fixture::new();
+    let p1 = f.file("p1.yaml", POLICY);
+    let p2 = f.file("p2.yaml", &POLICY.replace("name: shipper", "name: other"));
+    let out = render(
+        &p1,
+        &f.file("d.yaml", DEPLOYMENT),
+        &["--policy", p2.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "SidecarPolicy \"log-shipper\" is given twice: {} document 1 and {} document 1",
+            p1.display(),
+            p2.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_same_file_twice_is_refused() {
+    let f = Fixture::new();
+    let p = f.file("p.yaml", POLICY);
+    let out = render(
+        &p,
+        &f.file("d.yaml", DEPLOYMENT),
+        &["--policy", p.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("{} is given more than once", p.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn diff_of_standard_input_names_it() {
+    let f = Fixture::new();
+    let p = f.file("p.yaml", POLICY);
+    let out = run(
+        &[
+            "render",
+            "--policy",
+            p.to_str().unwrap(),
+            "--deployment",
+            "-",
+            "--diff",
+        ],
+        Some(DEPLOYMENT),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(
+            "--- standard input (Deployment web, as written)\n+++ standard input (Deployment web, rendered)\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_file_without_the_expected_kind_is_an_error() {
+    let f = Fixture::new();
+    let empty = f.file("empty.yaml", "---\n# nothing here\n---\n");
+    let out = render(&empty, &f.file("d.yaml", DEPLOYMENT), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{} holds no sidecar.dev/v1alpha1 SidecarPolicy",
+            empty.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
 }
