@@ -35,16 +35,19 @@ async fn client() -> Option<Client> {
         );
         return None;
     };
-    let kubeconfig = Kubeconfig::read_from(&path).expect("the kubeconfig is readable");
+    Some(client_from(&path).await)
+}
+
+async fn client_from(kubeconfig: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("the kubeconfig is readable");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap();
-    Some(Client::try_from(config).unwrap())
+    Client::try_from(config).unwrap()
 }
 
 /// A namespace of the test's own, deleted at the end (also when the test fails).
 struct TestNamespace {
-    client: Client,
     name: String,
 }
 
@@ -58,24 +61,25 @@ impl TestNamespace {
         )
         .unwrap();
         namespaces.create(&PostParams::default(), &ns).await.unwrap();
-        TestNamespace {
-            client: client.clone(),
-            name,
-        }
+        TestNamespace { name }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let client = self.client.clone();
         let name = self.name.clone();
-        // Best effort: the namespace's deletion cascades to everything in it.
+        let Ok(kubeconfig) = std::env::var(KUBECONFIG_VAR) else {
+            return;
+        };
+        // Best effort: the namespace's deletion cascades to everything in it. It runs on a runtime
+        // and client of its own: the test's client needs the test's runtime, which this blocks.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             runtime.block_on(async {
+                let client = client_from(&kubeconfig).await;
                 let _ = Api::<Namespace>::all(client)
                     .delete(&name, &DeleteParams::default())
                     .await;
@@ -155,6 +159,13 @@ async fn start_operator(
     namespace: &str,
     guardrails: Guardrails,
 ) -> tokio::task::JoinHandle<()> {
+    // The operator's logs go with the test's output (RUST_LOG filters; default info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     let scope = controller::Scope::new(client.clone(), Some(namespace), guardrails, Default::default()).await;
     tokio::spawn(scope.run())
 }

@@ -2,6 +2,8 @@
 //! recorder.
 
 use std::collections::HashMap;
+
+use futures::FutureExt;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,6 +16,9 @@ use sidecar_core::Guardrails;
 
 use super::{FIELD_MANAGER, GuardedPolicy};
 use crate::metrics::Metrics;
+
+/// How soon a reconcile that found a cache still filling runs again.
+pub const CACHE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Context {
     pub client: Client,
@@ -73,6 +78,15 @@ impl Context {
     pub fn with_unsupported_server(mut self, reason: Option<String>) -> Self {
         self.unsupported_server = reason;
         self
+    }
+
+    /// Whether both caches are filled. Rendering against a cache that is still filling would strip
+    /// sidecars, so a reconcile that finds one unfilled is requeued. It must not wait instead: a
+    /// cache may be filled by the very trigger stream of the controller whose reconcile waits.
+    pub fn caches_filled(&self) -> bool {
+        let filled = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
+        filled(self.policies.wait_until_ready().now_or_never())
+            && filled(self.deployments.wait_until_ready().now_or_never())
     }
 
     /// The policies of `namespace`: those that decode, and those that do not.

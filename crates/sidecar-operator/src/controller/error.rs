@@ -6,8 +6,6 @@ use std::time::Duration;
 /// and waits for a change. These are the failures worth retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the SidecarPolicy cache stopped before it was filled")]
-    CacheNotReady(#[source] kube::runtime::reflector::store::WriterDropped),
     #[error(
         "server-side apply of Deployment {namespace}/{name} conflicts with fields another field manager owns \
          (the operator never forces): {message}"
@@ -30,7 +28,6 @@ impl Error {
     /// A stable label for metrics and logs.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::CacheNotReady(_) => "cache",
             Error::FieldConflict { .. } => "field_conflict",
             Error::Write { .. } => "api",
         }

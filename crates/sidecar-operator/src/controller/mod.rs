@@ -16,8 +16,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use sidecar_api::SidecarPolicy;
 use sidecar_core::{Guardrails, InjectionRecord, selector, supports_native_sidecars};
@@ -37,14 +37,25 @@ pub type GuardedPolicy = DeserializeGuard<SidecarPolicy>;
 /// The field manager of every write, and the Events' reporting controller.
 pub const FIELD_MANAGER: &str = "sidecar-operator";
 
-/// The two controllers for one namespace, or for all, with their shared caches.
+/// The two controllers for one namespace, or for all.
+///
+/// Each controller reads caches that are filled by the very streams that trigger it: a trigger is
+/// only emitted after the object it carries is in the cache. With a cache filled by another
+/// watch, a reconcile triggered by a new policy could still read the old set of policies, find
+/// nothing to do, and never be triggered again. So each resource is watched twice (once per
+/// controller), which costs a second cache but keeps every reconcile consistent with its trigger.
 #[allow(missing_debug_implementations)] // kube's Controller has no Debug
 pub struct Scope {
     deployment_controller: Controller<Deployment>,
     policy_controller: Controller<GuardedPolicy>,
     deployments: Api<Deployment>,
     policies: Api<GuardedPolicy>,
-    ctx: Arc<Context>,
+    /// Fills the injecting controller's policy cache from its policy trigger stream.
+    policy_writer: Writer<GuardedPolicy>,
+    /// Fills the status controller's Deployment cache from its Deployment trigger stream.
+    deployment_writer: Writer<Deployment>,
+    injecting: Arc<Context>,
+    reporting: Arc<Context>,
 }
 
 impl Scope {
@@ -64,36 +75,51 @@ impl Scope {
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         let unsupported_server = check_server(&client).await;
-        // The two controllers share their caches: Deployments are reconciled against the
-        // policies, and each policy's status is computed from the Deployments.
         let deployment_controller = Controller::new(deployments.clone(), watcher::Config::default());
         let policy_controller = Controller::new(policies.clone(), watcher::Config::default());
-        let ctx = Context::new(
-            client,
-            policy_controller.store(),
-            deployment_controller.store(),
-            guardrails,
-        )
-        .with_unsupported_server(unsupported_server)
-        .with_metrics(metrics);
+        let (policy_cache, policy_writer) = reflector::store();
+        let (deployment_cache, deployment_writer) = reflector::store();
+        let context = |policies, deployments| {
+            let ctx = Context::new(client.clone(), policies, deployments, guardrails.clone())
+                .with_unsupported_server(unsupported_server.clone())
+                .with_metrics(metrics.clone());
+            Arc::new(ctx)
+        };
+        let injecting = context(policy_cache, deployment_controller.store());
+        let reporting = context(policy_controller.store(), deployment_cache);
         Scope {
             deployment_controller,
             policy_controller,
             deployments,
             policies,
-            ctx: Arc::new(ctx),
+            policy_writer,
+            deployment_writer,
+            injecting,
+            reporting,
         }
     }
 
     /// The Deployment cache (for the `deployments_managed` metric).
     pub fn deployment_cache(&self) -> Store<Deployment> {
-        self.ctx.deployments.clone()
+        self.injecting.deployments.clone()
     }
 
-    /// Resolves once both caches are filled.
+    /// Resolves once every cache is filled.
     pub fn ready(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let (deployments, policies) = (self.ctx.deployments.clone(), self.ctx.policies.clone());
-        async move { deployments.wait_until_ready().await.is_ok() && policies.wait_until_ready().await.is_ok() }
+        let (a, b) = (
+            self.injecting.deployments.clone(),
+            self.injecting.policies.clone(),
+        );
+        let (c, d) = (
+            self.reporting.deployments.clone(),
+            self.reporting.policies.clone(),
+        );
+        async move {
+            a.wait_until_ready().await.is_ok()
+                && b.wait_until_ready().await.is_ok()
+                && c.wait_until_ready().await.is_ok()
+                && d.wait_until_ready().await.is_ok()
+        }
     }
 
     /// Runs until SIGTERM or Ctrl-C.
@@ -103,25 +129,34 @@ impl Scope {
             policy_controller,
             deployments,
             policies,
-            ctx,
+            policy_writer,
+            deployment_writer,
+            injecting,
+            reporting,
         } = self;
-        let deployment_store = ctx.deployments.clone();
-        let policy_store = ctx.policies.clone();
-        let injecting = deployment_controller
-            .watches(policies, watcher::Config::default(), move |policy| {
-                affected(&deployment_store, &policy)
-            })
+        let policy_events = watcher(policies, watcher::Config::default())
+            .default_backoff()
+            .reflect(policy_writer)
+            .touched_objects();
+        let deployment_events = watcher(deployments, watcher::Config::default())
+            .default_backoff()
+            .reflect(deployment_writer)
+            .touched_objects();
+        let deployment_store = injecting.deployments.clone();
+        let policy_store = reporting.policies.clone();
+        let injection = deployment_controller
+            .watches_stream(policy_events, move |policy| affected(&deployment_store, &policy))
             .shutdown_on_signal()
-            .run(measured_reconcile, error_policy, ctx.clone())
+            .run(measured_reconcile, error_policy, injecting)
             .for_each(log_result);
-        let reporting = policy_controller
-            .watches(deployments, watcher::Config::default(), move |deployment| {
+        let status = policy_controller
+            .watches_stream(deployment_events, move |deployment| {
                 policies_for(&policy_store, &deployment)
             })
             .shutdown_on_signal()
-            .run(measured_status, status_error_policy, ctx)
+            .run(measured_status, status_error_policy, reporting)
             .for_each(log_result);
-        futures::join!(injecting, reporting);
+        futures::join!(injection, status);
         info!("controllers stopped");
     }
 }

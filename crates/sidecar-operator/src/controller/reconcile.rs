@@ -18,7 +18,7 @@ use sidecar_core::{
 use tracing::{info, instrument, warn};
 
 use super::FIELD_MANAGER;
-use super::context::{Context, NamespacePolicies};
+use super::context::{CACHE_RETRY, Context, NamespacePolicies};
 use super::error::{Error, backoff};
 
 /// Events carry at most this much text (the API server limits notes to 1 kB).
@@ -30,10 +30,9 @@ pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change()); // every policy's status says why
     }
     // Rendering against a cache that is still filling would strip every sidecar.
-    ctx.policies
-        .wait_until_ready()
-        .await
-        .map_err(Error::CacheNotReady)?;
+    if !ctx.caches_filled() {
+        return Ok(Action::requeue(CACHE_RETRY));
+    }
     let namespace = deployment.namespace().unwrap_or_default();
     let NamespacePolicies {
         readable: policies,

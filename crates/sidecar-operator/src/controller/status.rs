@@ -16,7 +16,7 @@ use sidecar_api::SidecarPolicy;
 use sidecar_core::{InjectionRecord, PolicySet, policy_status, selector, unsupported_server_status};
 use tracing::{debug, instrument, warn};
 
-use super::context::Context;
+use super::context::{CACHE_RETRY, Context};
 use super::error::{Error, backoff};
 use super::{FIELD_MANAGER, GuardedPolicy};
 
@@ -43,14 +43,9 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
             return Ok(Action::await_change());
         }
     };
-    ctx.policies
-        .wait_until_ready()
-        .await
-        .map_err(Error::CacheNotReady)?;
-    ctx.deployments
-        .wait_until_ready()
-        .await
-        .map_err(Error::CacheNotReady)?;
+    if !ctx.caches_filled() {
+        return Ok(Action::requeue(CACHE_RETRY));
+    }
     let namespace = policy.namespace().unwrap_or_default();
     let policies = ctx.namespace_policies(&namespace).readable;
     let set = PolicySet::new(&policies, &ctx.guardrails);
