@@ -23,11 +23,12 @@ render example="u1-log-shipping":
         --deployment examples/{{example}}/deployment.yaml \
         $(cat examples/{{example}}/render.args)
 
-# Run every test (the end-to-end suite skips itself unless SIDECAR_E2E_KUBECONFIG is set).
+# Run every test (the e2e suite skips itself unless SIDECAR_E2E_KUBECONFIG or KUBEBUILDER_ASSETS is set).
 test:
     cargo test --workspace --locked
 
-# End-to-end suite against SIDECAR_E2E_KUBECONFIG's cluster (Kubernetes >= 1.29).
+# End-to-end suite: against SIDECAR_E2E_KUBECONFIG's cluster (Kubernetes >= 1.29), or a throwaway
+# control plane per test from KUBEBUILDER_ASSETS (a directory with kube-apiserver and etcd).
 e2e:
     cargo test --package sidecar-tests --test e2e --locked -- --nocapture --test-threads=1
 

@@ -1,9 +1,11 @@
 //! End-to-end tests against a real API server.
 //!
-//! Runs when `SIDECAR_E2E_KUBECONFIG` names a kubeconfig (the cluster needs Kubernetes >= 1.29 for
-//! native sidecars); otherwise prints one line saying it is skipped and passes. Each test creates
-//! its own namespace, runs the operator in-process for that namespace only, and prints the
-//! objects it looked at when it fails. Run: `just e2e`.
+//! Runs against an existing cluster when `SIDECAR_E2E_KUBECONFIG` names a kubeconfig (Kubernetes
+//! 1.29 or newer, for native sidecars), or against a throwaway control plane per test when
+//! `KUBEBUILDER_ASSETS` names a directory with `kube-apiserver` and `etcd`; with neither it prints
+//! one line saying it is skipped and passes. Each test creates its own namespace, runs the
+//! operator in-process for that namespace only, and prints the objects it looked at when it
+//! fails. Run: `just e2e`.
 //!
 //! Nothing here asserts a duration: waits poll the API until a condition holds, and give up
 //! (failing the test) only after a generous number of attempts.
@@ -19,6 +21,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
+
+mod support {
+    pub mod control_plane;
+}
 use serde_json::json;
 use sidecar_api::{INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
@@ -28,14 +34,72 @@ const KUBECONFIG_VAR: &str = "SIDECAR_E2E_KUBECONFIG";
 /// How long a wait polls before the test fails (it returns as soon as the condition holds).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-async fn client() -> Option<Client> {
-    let Ok(path) = std::env::var(KUBECONFIG_VAR) else {
-        eprintln!(
-            "e2e skipped: set {KUBECONFIG_VAR} to a kubeconfig of a Kubernetes >= 1.29 cluster to run it"
+const ASSETS_VAR: &str = "KUBEBUILDER_ASSETS";
+
+/// The API server a test runs against, and what to tear down after it.
+struct Cluster {
+    client: Client,
+    /// The kubeconfig of an existing cluster, whose test namespaces must be deleted; `None` for a
+    /// throwaway control plane, which goes away whole.
+    shared_kubeconfig: Option<String>,
+    /// Kept alive until the test ends, then stopped.
+    _control_plane: Option<support::control_plane::ControlPlane>,
+}
+
+/// An existing cluster (`SIDECAR_E2E_KUBECONFIG`), or a throwaway control plane started from
+/// `KUBEBUILDER_ASSETS`, or `None` (the test is skipped).
+async fn cluster() -> Option<Cluster> {
+    if let Ok(path) = std::env::var(KUBECONFIG_VAR) {
+        let client = client_from(&path).await;
+        return Some(Cluster {
+            client,
+            shared_kubeconfig: Some(path),
+            _control_plane: None,
+        });
+    }
+    if let Ok(assets) = std::env::var(ASSETS_VAR) {
+        let control_plane = support::control_plane::ControlPlane::start(Path::new(&assets));
+        let client = client_from(&control_plane.kubeconfig.display().to_string()).await;
+        let up = wait_for_quietly(|| async {
+            Api::<Namespace>::all(client.clone())
+                .get("default")
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        assert!(
+            up,
+            "the control plane from {ASSETS_VAR} did not come up:\n{}",
+            control_plane.logs()
         );
-        return None;
-    };
-    Some(client_from(&path).await)
+        return Some(Cluster {
+            client,
+            shared_kubeconfig: None,
+            _control_plane: Some(control_plane),
+        });
+    }
+    eprintln!(
+        "e2e skipped: set {KUBECONFIG_VAR} to the kubeconfig of a Kubernetes >= 1.29 cluster, \
+         or {ASSETS_VAR} to a directory with kube-apiserver and etcd"
+    );
+    None
+}
+
+/// Like `wait_for`, but says whether the condition came true instead of failing.
+async fn wait_for_quietly<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if check().await.is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
 }
 
 async fn client_from(kubeconfig: &str) -> Client {
@@ -49,10 +113,13 @@ async fn client_from(kubeconfig: &str) -> Client {
 /// A namespace of the test's own, deleted at the end (also when the test fails).
 struct TestNamespace {
     name: String,
+    /// Set for an existing cluster, where the namespace must be deleted afterwards.
+    kubeconfig: Option<String>,
 }
 
 impl TestNamespace {
-    async fn create(client: &Client, test: &str) -> Self {
+    async fn create(cluster: &Cluster, test: &str) -> Self {
+        let client = &cluster.client;
         let suffix = std::process::id();
         let name = format!("e2e-{test}-{suffix}");
         let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -61,15 +128,18 @@ impl TestNamespace {
         )
         .unwrap();
         namespaces.create(&PostParams::default(), &ns).await.unwrap();
-        TestNamespace { name }
+        TestNamespace {
+            name,
+            kubeconfig: cluster.shared_kubeconfig.clone(),
+        }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let Ok(kubeconfig) = std::env::var(KUBECONFIG_VAR) else {
-            return;
+        let Some(kubeconfig) = self.kubeconfig.clone() else {
+            return; // a throwaway control plane goes away whole
         };
         // Best effort: the namespace's deletion cascades to everything in it. It runs on a runtime
         // and client of its own: the test's client needs the test's runtime, which this blocks.
@@ -202,9 +272,10 @@ fn init_names(d: &Deployment) -> Vec<String> {
 
 #[tokio::test]
 async fn every_use_case_is_injected_in_order_and_removed_exactly() {
-    let Some(client) = client().await else { return };
+    let Some(cluster) = cluster().await else { return };
+    let client = cluster.client.clone();
     install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "usecases").await;
+    let ns = TestNamespace::create(&cluster, "usecases").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
     let owner = PatchParams::apply("e2e-owner");
@@ -318,10 +389,11 @@ async fn every_use_case_is_injected_in_order_and_removed_exactly() {
 
 #[tokio::test]
 async fn conflicts_are_reported_and_idle_means_no_writes() {
-    let Some(client) = client().await else { return };
+    let Some(cluster) = cluster().await else { return };
+    let client = cluster.client.clone();
     install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "conflict").await;
-    let other = TestNamespace::create(&client, "untouched").await;
+    let ns = TestNamespace::create(&cluster, "conflict").await;
+    let other = TestNamespace::create(&cluster, "untouched").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
     let owner = PatchParams::apply("e2e-owner");
@@ -398,9 +470,10 @@ async fn conflicts_are_reported_and_idle_means_no_writes() {
 
 #[tokio::test]
 async fn a_gitops_tool_and_the_operator_keep_their_own_fields() {
-    let Some(client) = client().await else { return };
+    let Some(cluster) = cluster().await else { return };
+    let client = cluster.client.clone();
     install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "gitops").await;
+    let ns = TestNamespace::create(&cluster, "gitops").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
     // Flux applies with server-side apply and forces its own fields.

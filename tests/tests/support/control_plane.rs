@@ -1,0 +1,198 @@
+//! A throwaway control plane for the end-to-end suite, in the convention of controller-runtime's
+//! envtest: `KUBEBUILDER_ASSETS` names a directory holding `kube-apiserver` and `etcd`. Each test
+//! starts its own etcd and kube-apiserver on free loopback ports, with certificates and a
+//! service-account key made for it (openssl), and stops them when it ends. No controllers run:
+//! Deployments get no Pods, which the suite does not need.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The running processes and the files they use; dropping it stops them.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    etcd: Child,
+    apiserver: Child,
+    pub kubeconfig: PathBuf,
+}
+
+const TOKEN: &str = "sidecar-e2e-admin-token";
+
+impl ControlPlane {
+    pub fn start(assets: &Path) -> ControlPlane {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let d = dir.path();
+        make_certificates(d);
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{TOKEN},admin,admin-uid,\"system:masters\"\n"),
+        )
+        .unwrap();
+
+        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let etcd = Command::new(assets.join("etcd"))
+            .args([
+                "--name=e2e".to_owned(),
+                format!("--data-dir={}", d.join("etcd").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-cluster=e2e=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync=true".to_owned(),
+            ])
+            .stdout(log(d, "etcd.log"))
+            .stderr(log(d, "etcd.log"))
+            .spawn()
+            .expect("etcd from KUBEBUILDER_ASSETS starts");
+        let file = |name: &str| d.join(name).display().to_string();
+        let apiserver = Command::new(assets.join("kube-apiserver"))
+            .args([
+                format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                "--advertise-address=127.0.0.1".to_owned(),
+                format!("--secure-port={api_port}"),
+                format!("--tls-cert-file={}", file("apiserver.crt")),
+                format!("--tls-private-key-file={}", file("apiserver.key")),
+                format!("--token-auth-file={}", file("tokens.csv")),
+                "--authorization-mode=RBAC".to_owned(),
+                format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                format!("--service-account-key-file={}", file("sa.pub")),
+                format!("--service-account-signing-key-file={}", file("sa.key")),
+                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+                // Nothing creates service accounts without a controller manager.
+                "--disable-admission-plugins=ServiceAccount".to_owned(),
+                "--allow-privileged=true".to_owned(),
+            ])
+            .stdout(log(d, "kube-apiserver.log"))
+            .stderr(log(d, "kube-apiserver.log"))
+            .spawn()
+            .expect("kube-apiserver from KUBEBUILDER_ASSETS starts");
+
+        let kubeconfig = d.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: admin}}\ncurrent-context: e2e\n",
+                file("ca.crt")
+            ),
+        )
+        .unwrap();
+        ControlPlane {
+            dir,
+            etcd,
+            apiserver,
+            kubeconfig,
+        }
+    }
+
+    /// The end of the control plane's logs, for a failure message.
+    pub fn logs(&self) -> String {
+        ["etcd.log", "kube-apiserver.log"]
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                format!(
+                    "--- {name}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn log(dir: &Path, name: &str) -> Stdio {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .unwrap();
+    Stdio::from(file)
+}
+
+/// A port nothing listens on right now (the OS picks it; another process could take it before
+/// the control plane does, which would fail the start loudly, not silently).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn make_certificates(d: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=e2e-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    std::fs::write(
+        d.join("serving.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=kube-apiserver",
+        "-keyout",
+        "apiserver.key",
+        "-out",
+        "apiserver.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "apiserver.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "serving.ext",
+        "-out",
+        "apiserver.crt",
+    ]);
+    openssl(&["genrsa", "-out", "sa.key", "2048"]);
+    openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+}
