@@ -360,6 +360,24 @@ async fn every_use_case_is_injected_in_order_and_removed_exactly() {
         }
     }
 
+    // A policy update reaches its Deployment: a new exporter image for U5.
+    let mut updated = example("u5-metrics-exporter", "policy.yaml", &ns.name);
+    updated["spec"]["sidecars"][0]["image"] = json!("oliver006/redis_exporter:v1.67.0");
+    policies
+        .patch("redis-metrics", &owner, &Patch::Apply(&updated))
+        .await
+        .unwrap();
+    wait_for("the policy update to reach the Deployment", || async {
+        let live = deployments.get("session-cache").await.ok()?;
+        let pod = live.spec.template.spec?;
+        let exporter = pod
+            .init_containers?
+            .into_iter()
+            .find(|c| c.name == "redis-exporter")?;
+        (exporter.image.as_deref() == Some("oliver006/redis_exporter:v1.67.0")).then_some(())
+    })
+    .await;
+
     // Delete every policy: each Deployment goes back to exactly what its owner wrote.
     for (name, original) in &originals {
         let policy = example(name, "policy.yaml", &ns.name);
