@@ -8,9 +8,6 @@ mod v1alpha1;
 
 pub use v1alpha1::*;
 
-/// The API group of every resource this operator defines.
-pub const GROUP: &str = "sidecar.dev";
-
 /// Annotation on a Deployment that opts it out of injection when set to `"false"`.
 pub const INJECT_ANNOTATION: &str = "sidecar.dev/inject";
 

@@ -548,3 +548,41 @@ async fn an_unreadable_policy_leaves_its_namespace_untouched_and_says_why() {
     let store = cache(vec![deployment(), api]);
     assert_eq!(affected(&store, &unreadable).len(), 2);
 }
+
+#[tokio::test]
+async fn a_stale_reorder_is_retried_as_an_api_error_not_a_field_conflict() {
+    let policies = vec![policy("shipper")];
+    let (ctx, handle) = context(policies.clone());
+    let result = run(ctx, deployment(), handle, |mut handle| async move {
+        let (_, send) = expect_apply(&mut handle).await;
+        let mut misordered = stored(&deployment(), &policies);
+        misordered
+            .spec
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .init_containers
+            .as_mut()
+            .unwrap()
+            .reverse();
+        respond(send, &misordered);
+        let (request, _, send) = next(&mut handle).await;
+        assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+            "message": "Operation cannot be fulfilled: the object has been modified",
+        });
+        send.send_response(
+            Response::builder()
+                .status(409)
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                .unwrap(),
+        );
+        handle
+    })
+    .await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, Error::Write { .. }), "{error}");
+    assert_eq!(error.category(), "api");
+}

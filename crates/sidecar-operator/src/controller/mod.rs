@@ -162,25 +162,33 @@ impl Scope {
 }
 
 async fn measured_reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured("deployment", &ctx.clone(), reconcile(deployment, ctx)).await
+}
+
+async fn measured_status(policy: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured("policy", &ctx.clone(), reconcile_status(policy, ctx)).await
+}
+
+/// Runs a reconcile and records its count, duration and failure category.
+async fn measured(
+    controller: &'static str,
+    ctx: &Context,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
     let start = Instant::now();
-    let result = reconcile(deployment, ctx.clone()).await;
+    let result = reconcile.await;
     ctx.metrics.reconciled(
-        "deployment",
+        controller,
         start.elapsed(),
         result.as_ref().err().map(Error::category),
     );
     result
 }
 
-async fn measured_status(policy: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let start = Instant::now();
-    let result = reconcile_status(policy, ctx.clone()).await;
-    ctx.metrics.reconciled(
-        "policy",
-        start.elapsed(),
-        result.as_ref().err().map(Error::category),
-    );
-    result
+/// A Deployment's labels, without cloning them (the mappers run for every cached Deployment).
+pub(crate) fn labels(deployment: &Deployment) -> &std::collections::BTreeMap<String, String> {
+    static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    deployment.metadata.labels.as_ref().unwrap_or(&NONE)
 }
 
 /// Native sidecars need Kubernetes >= 1.29. On an older server the operator writes nothing to
@@ -223,8 +231,7 @@ pub fn affected(deployments: &Store<Deployment>, policy: &GuardedPolicy) -> Vec<
             let Ok(policy) = &policy.0 else {
                 return true; // unreadable: it may select any Deployment of its namespace
             };
-            let labels = d.metadata.labels.clone().unwrap_or_default();
-            let selected = selector::matches(&policy.spec.selector, &labels).unwrap_or(false);
+            let selected = selector::matches(&policy.spec.selector, labels(d)).unwrap_or(false);
             let recorded = InjectionRecord::read(d)
                 .ok()
                 .flatten()

@@ -104,7 +104,12 @@ async fn write(ctx: &Context, deployment: &Deployment, rendered: &Rendered) -> R
     ctx.metrics.wrote("apply");
     ensure_order(ctx, &api, &stored, &init_container_order(rendered))
         .await
-        .map_err(|e| Error::from_write(&namespace, &name, e))?;
+        // A 409 here is a stale resourceVersion, not a field conflict: retry soon.
+        .map_err(|source| Error::Write {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?;
 
     let before = InjectionRecord::read(deployment)
         .ok()

@@ -93,7 +93,7 @@ pub fn policies_for(
     policies: &Store<GuardedPolicy>,
     deployment: &Deployment,
 ) -> Vec<ObjectRef<GuardedPolicy>> {
-    let labels = deployment.metadata.labels.clone().unwrap_or_default();
+    let labels = super::labels(deployment);
     let record = InjectionRecord::read(deployment)
         .ok()
         .flatten()
@@ -105,7 +105,7 @@ pub fn policies_for(
         .filter(|p| {
             let selects =
                 p.0.as_ref()
-                    .is_ok_and(|p| selector::matches(&p.spec.selector, &labels).unwrap_or(false));
+                    .is_ok_and(|p| selector::matches(&p.spec.selector, labels).unwrap_or(false));
             selects || record.policies.contains(&p.name_any())
         })
         .map(|p| ObjectRef::from_obj(&**p))
