@@ -16,190 +16,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, ResourceExt};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
 
 mod support {
+    pub mod cluster;
     pub mod control_plane;
 }
 use serde_json::json;
+use support::cluster::{TestNamespace, cluster, dump, install_crd, wait_for};
 use sidecar_api::{INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
 use sidecar_operator::controller;
-
-const KUBECONFIG_VAR: &str = "SIDECAR_E2E_KUBECONFIG";
-/// How long a wait polls before the test fails (it returns as soon as the condition holds).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-const ASSETS_VAR: &str = "KUBEBUILDER_ASSETS";
-
-/// The API server a test runs against, and what to tear down after it.
-struct Cluster {
-    client: Client,
-    /// The kubeconfig of an existing cluster, whose test namespaces must be deleted; `None` for a
-    /// throwaway control plane, which goes away whole.
-    shared_kubeconfig: Option<String>,
-    /// Kept alive until the test ends, then stopped.
-    _control_plane: Option<support::control_plane::ControlPlane>,
-}
-
-/// An existing cluster (`SIDECAR_E2E_KUBECONFIG`), or a throwaway control plane started from
-/// `KUBEBUILDER_ASSETS`, or `None` (the test is skipped).
-async fn cluster() -> Option<Cluster> {
-    if let Ok(path) = std::env::var(KUBECONFIG_VAR) {
-        let client = client_from(&path).await;
-        return Some(Cluster {
-            client,
-            shared_kubeconfig: Some(path),
-            _control_plane: None,
-        });
-    }
-    if let Ok(assets) = std::env::var(ASSETS_VAR) {
-        let control_plane = support::control_plane::ControlPlane::start(Path::new(&assets));
-        let client = client_from(&control_plane.kubeconfig.display().to_string()).await;
-        let up = wait_for_quietly(|| async {
-            Api::<Namespace>::all(client.clone())
-                .get("default")
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        assert!(
-            up,
-            "the control plane from {ASSETS_VAR} did not come up:\n{}",
-            control_plane.logs()
-        );
-        return Some(Cluster {
-            client,
-            shared_kubeconfig: None,
-            _control_plane: Some(control_plane),
-        });
-    }
-    eprintln!(
-        "e2e skipped: set {KUBECONFIG_VAR} to the kubeconfig of a Kubernetes >= 1.29 cluster, \
-         or {ASSETS_VAR} to a directory with kube-apiserver and etcd"
-    );
-    None
-}
-
-/// Like `wait_for`, but says whether the condition came true instead of failing.
-async fn wait_for_quietly<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<()>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if check().await.is_some() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
-}
-
-async fn client_from(kubeconfig: &str) -> Client {
-    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("the kubeconfig is readable");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-/// A namespace of the test's own, deleted at the end (also when the test fails).
-struct TestNamespace {
-    name: String,
-    /// Set for an existing cluster, where the namespace must be deleted afterwards.
-    kubeconfig: Option<String>,
-}
-
-impl TestNamespace {
-    async fn create(cluster: &Cluster, test: &str) -> Self {
-        let client = &cluster.client;
-        let suffix = std::process::id();
-        let name = format!("e2e-{test}-{suffix}");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = serde_json::from_value(
-            json!({"metadata": {"name": name, "labels": {"sidecar.dev/e2e": "true"}}}),
-        )
-        .unwrap();
-        namespaces.create(&PostParams::default(), &ns).await.unwrap();
-        TestNamespace {
-            name,
-            kubeconfig: cluster.shared_kubeconfig.clone(),
-        }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let Some(kubeconfig) = self.kubeconfig.clone() else {
-            return; // a throwaway control plane goes away whole
-        };
-        // Best effort: the namespace's deletion cascades to everything in it. It runs on a runtime
-        // and client of its own: the test's client needs the test's runtime, which this blocks.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let client = client_from(&kubeconfig).await;
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
-async fn install_crd(client: &Client) {
-    let crd: CustomResourceDefinition =
-        serde_norway::from_str(&sidecar_operator::crd::crd_yaml().unwrap()).unwrap();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        "sidecarpolicies.sidecar.dev",
-        &PatchParams::apply("sidecar-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    wait_for("the CRD to be established", || async {
-        let crd = api.get("sidecarpolicies.sidecar.dev").await.ok()?;
-        let established = crd
-            .status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
-    .await;
-}
-
-/// Polls `check` until it returns `Some`, or fails the test after `PATIENCE`.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 fn example(name: &str, file: &str, namespace: &str) -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -238,24 +66,6 @@ async fn start_operator(
         .try_init();
     let scope = controller::Scope::new(client.clone(), Some(namespace), guardrails, Default::default()).await;
     tokio::spawn(scope.run())
-}
-
-async fn dump(client: &Client, namespace: &str) -> String {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .list(&Default::default())
-        .await;
-    let policies = Api::<SidecarPolicy>::namespaced(client.clone(), namespace)
-        .list(&Default::default())
-        .await;
-    format!(
-        "Deployments:\n{}\nSidecarPolicies:\n{}",
-        deployments
-            .map(|l| serde_norway::to_string(&l.items).unwrap_or_default())
-            .unwrap_or_else(|e| e.to_string()),
-        policies
-            .map(|l| serde_norway::to_string(&l.items).unwrap_or_default())
-            .unwrap_or_else(|e| e.to_string()),
-    )
 }
 
 fn init_names(d: &Deployment) -> Vec<String> {
