@@ -111,9 +111,8 @@ fn run(args: &RunArgs) -> ExitCode {
         let caches_filled = futures::future::join_all(scopes.iter().map(Scope::ready));
         let ready = health.ready.clone();
         tokio::spawn(async move {
-            if caches_filled.await.into_iter().all(|ok| ok) {
-                ready.store(true, Ordering::Relaxed);
-            }
+            caches_filled.await;
+            ready.store(true, Ordering::Relaxed);
         });
 
         let controllers = futures::future::join_all(scopes.into_iter().map(Scope::run));

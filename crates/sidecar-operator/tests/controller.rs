@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -585,4 +586,38 @@ async fn a_stale_reorder_is_retried_as_an_api_error_not_a_field_conflict() {
     let error = result.unwrap_err();
     assert!(matches!(error, Error::Write { .. }), "{error}");
     assert_eq!(error.category(), "api");
+}
+
+/// Readiness must not depend on who looked at the caches first: a reconcile's look (which
+/// happens before the caches are filled, and then requeues) once stole the wake-up of the task
+/// waiting to report `/readyz`, which then stayed 503 forever.
+#[tokio::test(start_paused = true)]
+async fn caches_filled_after_a_reconcile_looked_make_the_context_ready() {
+    let (policies, mut policy_writer) = reflector::store::<GuardedPolicy>();
+    let (deployments, mut deployment_writer) = reflector::store::<Deployment>();
+    let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(
+        Client::new(service, "default"),
+        policies,
+        deployments,
+        Guardrails::default(),
+    ));
+    let waiting = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.wait_until_filled().await }
+    });
+    tokio::task::yield_now().await; // the waiter looks first
+    assert!(
+        !ctx.caches_filled(),
+        "a reconcile looks before the caches are filled"
+    );
+    policy_writer.apply_watcher_event(&watcher::Event::Init);
+    policy_writer.apply_watcher_event(&watcher::Event::InitDone);
+    deployment_writer.apply_watcher_event(&watcher::Event::Init);
+    deployment_writer.apply_watcher_event(&watcher::Event::InitDone);
+    // With time paused, a waiter that is never woken makes this time out at once.
+    tokio::time::timeout(Duration::from_secs(3600), waiting)
+        .await
+        .expect("the context never noticed that its caches were filled")
+        .unwrap();
 }

@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 
 /// How soon a reconcile that found a cache still filling runs again.
 pub const CACHE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often [`Context::wait_until_filled`] looks at the caches.
+const FILLED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub struct Context {
     pub client: Client,
@@ -87,6 +89,17 @@ impl Context {
         let filled = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
         filled(self.policies.wait_until_ready().now_or_never())
             && filled(self.deployments.wait_until_ready().now_or_never())
+    }
+
+    /// Resolves once both caches are filled.
+    ///
+    /// It polls [`Context::caches_filled`] rather than awaiting `Store::wait_until_ready`: kube's
+    /// readiness future wakes only the task that polled it last, and every `caches_filled` call
+    /// polls it, so an awaiting task would never be woken once a reconcile had looked.
+    pub async fn wait_until_filled(&self) {
+        while !self.caches_filled() {
+            tokio::time::sleep(FILLED_POLL).await;
+        }
     }
 
     /// The policies of `namespace`: those that decode, and those that do not.

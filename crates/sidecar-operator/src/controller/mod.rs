@@ -105,20 +105,11 @@ impl Scope {
     }
 
     /// Resolves once every cache is filled.
-    pub fn ready(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let (a, b) = (
-            self.injecting.deployments.clone(),
-            self.injecting.policies.clone(),
-        );
-        let (c, d) = (
-            self.reporting.deployments.clone(),
-            self.reporting.policies.clone(),
-        );
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (injecting, reporting) = (self.injecting.clone(), self.reporting.clone());
         async move {
-            a.wait_until_ready().await.is_ok()
-                && b.wait_until_ready().await.is_ok()
-                && c.wait_until_ready().await.is_ok()
-                && d.wait_until_ready().await.is_ok()
+            injecting.wait_until_filled().await;
+            reporting.wait_until_filled().await;
         }
     }
 
