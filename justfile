@@ -29,8 +29,10 @@ test:
 
 # End-to-end suite: against SIDECAR_E2E_KUBECONFIG's cluster (Kubernetes >= 1.29), or a throwaway
 # control plane per test from KUBEBUILDER_ASSETS (a directory with kube-apiserver and etcd).
+# e2e_install runs the built binary under the install's own RBAC, so build it first.
 e2e:
-    cargo test --package sidecar-tests --test e2e --locked -- --nocapture --test-threads=1
+    cargo build --package sidecar-operator --locked
+    cargo test --package sidecar-tests --test e2e --test e2e_install --locked -- --nocapture --test-threads=1
 
 # Run the operator against the current kubeconfig's cluster (install the CRD first: `just install-crd`).
 run *args:

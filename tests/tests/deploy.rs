@@ -58,7 +58,7 @@ fn operator(objects: &[Value]) -> Deployment {
 }
 
 fn container(deployment: &Deployment) -> Container {
-    let pod = (&deployment.spec).template.spec.as_ref().unwrap();
+    let pod = deployment.spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.containers.len(), 1, "the operator's pod has one container");
     pod.containers[0].clone()
 }
@@ -379,7 +379,7 @@ fn the_operator_pod_is_hardened() {
 fn two_replicas_elect_a_leader_and_a_drain_keeps_one() {
     let objects = base();
     let deployment = operator(&objects);
-    assert_eq!((&deployment.spec).replicas, Some(2));
+    assert_eq!(deployment.spec.replicas, Some(2));
     let args = run_args(&objects);
     assert!(
         args.leader_election,

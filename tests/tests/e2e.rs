@@ -24,10 +24,10 @@ mod support {
     pub mod control_plane;
 }
 use serde_json::json;
-use support::cluster::{TestNamespace, cluster, dump, install_crd, wait_for};
 use sidecar_api::{INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
 use sidecar_operator::controller;
+use support::cluster::{TestNamespace, cluster, dump, install_crd, wait_for};
 
 fn example(name: &str, file: &str, namespace: &str) -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

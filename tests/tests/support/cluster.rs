@@ -168,6 +168,12 @@ pub async fn install_crd(client: &Client) {
     )
     .await
     .unwrap();
+    wait_for_crd(client).await;
+}
+
+/// Waits until the SidecarPolicy CRD is established (its API is served).
+pub async fn wait_for_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     wait_for("the CRD to be established", || async {
         let crd = api.get("sidecarpolicies.sidecar.dev").await.ok()?;
         let established = crd

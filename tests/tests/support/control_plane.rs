@@ -123,7 +123,7 @@ fn log(dir: &Path, name: &str) -> Stdio {
 
 /// A port nothing listens on right now (the OS picks it; another process could take it before
 /// the control plane does, which would fail the start loudly, not silently).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
