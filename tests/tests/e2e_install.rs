@@ -32,7 +32,7 @@ mod support {
 }
 use support::cluster::{Cluster, TestNamespace, client_from, cluster, dump, wait_for_quietly};
 use support::control_plane::free_port;
-use support::kustomize::{build, deploy_dir, find};
+use support::kustomize::{build, build_inline, deploy_dir, find};
 
 /// The field manager the test installs with, as `kubectl apply --server-side` would.
 const INSTALLER: &str = "sidecar-e2e-install";
@@ -40,16 +40,53 @@ const INSTALLER: &str = "sidecar-e2e-install";
 #[tokio::test]
 async fn the_kustomize_install_validates_and_its_rbac_is_enough_and_no_more() {
     let Some(cluster) = cluster().await else { return };
+    check_install(
+        &cluster,
+        build(&deploy_dir().join("base")),
+        Watching::AllNamespaces,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_namespaced_install_works_with_role_bindings_alone() {
+    let Some(cluster) = cluster().await else { return };
+    let objects = build_inline(|deploy| {
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            deploy.join("base").display(),
+            deploy.join("components/watch-namespaces").display()
+        )
+    });
+    check_install(&cluster, objects, Watching::TestNamespace).await;
+}
+
+/// What the install under test watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watching {
+    /// As the base: every namespace, through the ClusterRoleBinding.
+    AllNamespaces,
+    /// As the watch-namespaces component: the test's namespace only, through a RoleBinding there.
+    TestNamespace,
+}
+
+async fn check_install(cluster: &Cluster, objects: Vec<Value>, watching: Watching) {
     let client = cluster.client.clone();
-    let run = std::process::id();
-    let install = Install::new(&cluster, run);
-    let objects = install.isolate(build(&deploy_dir().join("base")));
+    let variant = match watching {
+        Watching::AllNamespaces => "all",
+        Watching::TestNamespace => "one",
+    };
+    let install = Install::new(cluster, &format!("{variant}-{}", std::process::id()));
+    // The workload's namespace exists first: a namespaced install binds its role there.
+    let apps = TestNamespace::create(cluster, &format!("install-{variant}-apps")).await;
+    let objects = install.isolate(objects, &apps.name);
 
     // Dry run, then apply: cluster-scoped objects first (the namespace must exist before the
     // dry run of what goes in it), then namespaced ones.
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
     let (cluster_scoped, namespaced): (Vec<Value>, Vec<Value>) = objects
-        .into_iter()
+        .iter()
+        .cloned()
         .partition(|o| o["metadata"]["namespace"].is_null());
     for phase in [cluster_scoped, namespaced] {
         for object in &phase {
@@ -66,7 +103,6 @@ async fn the_kustomize_install_validates_and_its_rbac_is_enough_and_no_more() {
     support::cluster::wait_for_crd(&client).await;
 
     // A workload and a policy for the operator to act on, written by an admin.
-    let apps = TestNamespace::create(&cluster, "install-apps").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps.name);
     let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &apps.name);
     let admin = PatchParams::apply(INSTALLER);
@@ -83,8 +119,8 @@ async fn the_kustomize_install_validates_and_its_rbac_is_enough_and_no_more() {
         .unwrap();
 
     // The operator, as the install runs it, but under its ServiceAccount's token.
-    let kubeconfig = install.service_account_kubeconfig(&cluster).await;
-    let mut operator = Operator::start(&install, &kubeconfig);
+    let kubeconfig = install.service_account_kubeconfig(cluster).await;
+    let mut operator = Operator::start(&install, &objects, &kubeconfig);
     let own = client_from(&kubeconfig.display().to_string()).await;
 
     // Enough: it injects, reports status and Events, fills its caches, and holds its Lease.
@@ -197,6 +233,13 @@ async fn the_kustomize_install_validates_and_its_rbac_is_enough_and_no_more() {
         "create a Lease outside its namespace",
         app_leases.create(&PostParams::default(), &lease).await.map(drop),
     );
+    if watching == Watching::TestNamespace {
+        let everywhere: Api<Deployment> = Api::all(own.clone());
+        denied(
+            "list Deployments in every namespace",
+            everywhere.list(&Default::default()).await.map(drop),
+        );
+    }
     drop(operator);
     drop(own);
 }
@@ -213,7 +256,7 @@ struct Install {
 }
 
 impl Install {
-    fn new(cluster: &Cluster, run: u32) -> Self {
+    fn new(cluster: &Cluster, run: &str) -> Self {
         Install {
             namespace: format!("e2e-install-{run}"),
             suffix: format!("-e2e-{run}"),
@@ -221,11 +264,20 @@ impl Install {
         }
     }
 
-    /// The rendered base, moved to this run's namespace and names.
-    fn isolate(&self, mut objects: Vec<Value>) -> Vec<Value> {
+    /// The rendered install, moved to this run's namespace and names; a namespaced install
+    /// watches `watched` (the component's placeholder namespaces are replaced by it).
+    fn isolate(&self, mut objects: Vec<Value>, watched: &str) -> Vec<Value> {
         let account = find(&objects, "ServiceAccount", "sidecar-operator")["metadata"]["namespace"].clone();
+        // The component's RoleBindings of the ClusterRole, one per watched namespace: keep one.
+        let mut watch_bindings = 0;
+        objects.retain(|o| {
+            let watch_binding = o["kind"] == "RoleBinding" && o["roleRef"]["kind"] == "ClusterRole";
+            watch_bindings += usize::from(watch_binding);
+            !watch_binding || watch_bindings == 1
+        });
         for object in &mut objects {
             let kind = object["kind"].as_str().unwrap().to_owned();
+            let watch_binding = kind == "RoleBinding" && object["roleRef"]["kind"] == "ClusterRole";
             let metadata = &mut object["metadata"];
             match kind.as_str() {
                 "Namespace" => metadata["name"] = json!(self.namespace),
@@ -233,6 +285,7 @@ impl Install {
                     metadata["name"] =
                         json!(format!("{}{}", metadata["name"].as_str().unwrap(), self.suffix));
                 }
+                _ if watch_binding => metadata["namespace"] = json!(watched),
                 _ if metadata["namespace"] == account => metadata["namespace"] = json!(self.namespace),
                 _ => {}
             }
@@ -244,6 +297,20 @@ impl Install {
                 for subject in object["subjects"].as_array_mut().unwrap() {
                     subject["namespace"] = json!(self.namespace);
                 }
+            }
+            if kind == "Deployment" {
+                let args = &mut object["spec"]["template"]["spec"]["containers"][0]["args"];
+                let mut rewritten: Vec<Value> = args
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| !a.as_str().unwrap().starts_with("--namespace"))
+                    .cloned()
+                    .collect();
+                if watch_bindings > 0 {
+                    rewritten.push(json!(format!("--namespace={watched}")));
+                }
+                *args = json!(rewritten);
             }
         }
         objects
@@ -388,7 +455,7 @@ impl Operator {
     /// The `POD_NAME` it runs under: the holder of its Lease.
     const IDENTITY: &str = "sidecar-operator-e2e";
 
-    fn start(install: &Install, kubeconfig: &Path) -> Self {
+    fn start(install: &Install, objects: &[Value], kubeconfig: &Path) -> Self {
         let binary = std::env::var_os("SIDECAR_E2E_OPERATOR_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -403,9 +470,8 @@ impl Operator {
              or set SIDECAR_E2E_OPERATOR_BIN",
             binary.display()
         );
-        let objects = build(&deploy_dir().join("base"));
         let deployment: Deployment =
-            serde_json::from_value(find(&objects, "Deployment", "sidecar-operator").clone()).unwrap();
+            serde_json::from_value(find(objects, "Deployment", "sidecar-operator").clone()).unwrap();
         let mut args = deployment.spec.template.spec.unwrap().containers[0]
             .args
             .clone()

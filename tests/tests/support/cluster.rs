@@ -58,12 +58,12 @@ pub async fn cluster() -> Option<Cluster> {
     if let Ok(assets) = std::env::var(ASSETS_VAR) {
         let control_plane = ControlPlane::start(Path::new(&assets));
         let client = client_from(&control_plane.kubeconfig.display().to_string()).await;
+        // Up means serving and done with its start-up hooks, among them the default RBAC (which
+        // lets every authenticated user read /version): `/readyz` answers "ok" only then.
         let up = wait_for_quietly(|| async {
-            Api::<Namespace>::all(client.clone())
-                .get("default")
-                .await
-                .ok()
-                .map(|_| ())
+            let request = http::Request::get("/readyz").body(Vec::new()).ok()?;
+            let ready = client.request_text(request).await.ok()?;
+            (ready.trim() == "ok").then_some(())
         })
         .await;
         assert!(
