@@ -101,6 +101,7 @@ async fn check_install(cluster: &Cluster, objects: Vec<Value>, watching: Watchin
         }
     }
     support::cluster::wait_for_crd(&client).await;
+    assert_pod_passes_pod_security(&client, &install, &objects).await;
 
     // A workload and a policy for the operator to act on, written by an admin.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps.name);
@@ -399,6 +400,25 @@ impl Drop for Install {
             });
         })
         .join();
+    }
+}
+
+/// The install's namespace enforces the `restricted` Pod Security Standard; a Pod made from the
+/// operator's pod template must be admitted there (a dry run: nothing runs).
+async fn assert_pod_passes_pod_security(client: &Client, install: &Install, objects: &[Value]) {
+    let template = &find(objects, "Deployment", "sidecar-operator")["spec"]["template"];
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "pod-security-check", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &install.namespace);
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    if let Err(e) = pods.create(&params, &pod).await {
+        panic!("the operator's pod is not admitted under the restricted Pod Security Standard: {e}");
     }
 }
 
