@@ -377,3 +377,63 @@ async fn a_gitops_tool_and_the_operator_keep_their_own_fields() {
     );
     operator.abort();
 }
+
+#[tokio::test]
+async fn argo_cd_server_side_diff_sees_no_drift_in_an_injected_deployment() {
+    let Some(cluster) = cluster().await else { return };
+    let client = cluster.client.clone();
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&cluster, "argocd").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
+    // Argo CD with ServerSideApply=true syncs with server-side apply as `argocd-controller`.
+    let argocd = PatchParams::apply("argocd-controller").force();
+
+    let manifest = example("u4-tls-proxy", "deployment.yaml", &ns.name);
+    deployments
+        .patch("legacy-billing", &argocd, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    let policy = example("u4-tls-proxy", "policy.yaml", &ns.name);
+    policies
+        .patch("tls-terminator", &argocd, &Patch::Apply(&policy))
+        .await
+        .unwrap();
+    let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
+    let live = wait_for("the proxy injected", || async {
+        let live = deployments.get("legacy-billing").await.ok()?;
+        (init_names(&live) == ["tls-proxy", "migrate"]).then_some(live)
+    })
+    .await;
+
+    // ServerSideDiff=true: Argo CD predicts the live object with a dry-run apply of the Git
+    // manifest and diffs the prediction against the live object. The operator's fields are
+    // another manager's, so the prediction keeps them: no diff, the Application stays Synced.
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..argocd.clone()
+    };
+    let predicted = deployments
+        .patch("legacy-billing", &dry_run, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    let (predicted_spec, live_spec) = (
+        serde_json::to_value(&predicted.spec).unwrap(),
+        serde_json::to_value(&live.spec).unwrap(),
+    );
+    assert_eq!(predicted_spec, live_spec, "Argo CD would show a diff");
+    assert_eq!(predicted.metadata.annotations, live.metadata.annotations);
+
+    // A sync of the same manifest (self-heal, a refresh) changes nothing: no rollout.
+    let synced = deployments
+        .patch("legacy-billing", &argocd, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    assert_eq!(
+        synced.metadata.generation,
+        live.metadata.generation,
+        "{}",
+        dump(&client, &ns.name).await
+    );
+    operator.abort();
+}
