@@ -139,22 +139,30 @@ impl Drop for TestNamespace {
         let Some(kubeconfig) = self.kubeconfig.clone() else {
             return; // a throwaway control plane goes away whole
         };
-        // Best effort: the namespace's deletion cascades to everything in it. It runs on a runtime
-        // and client of its own: the test's client needs the test's runtime, which this blocks.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let client = client_from(&kubeconfig).await;
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
+        // Best effort: the namespace's deletion cascades to everything in it.
+        clean_up(kubeconfig, |client| async move {
+            let _ = Api::<Namespace>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await;
+        });
     }
+}
+
+/// Runs `work` to completion from a `Drop`: on a thread, runtime and client of its own, since
+/// the test's client needs the test's runtime, which the drop blocks.
+pub fn clean_up<F, Fut>(kubeconfig: String, work: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { work(client_from(&kubeconfig).await).await });
+    })
+    .join();
 }
 
 pub async fn install_crd(client: &Client) {
