@@ -144,7 +144,11 @@ fn every_rendered_object_parses_into_its_kubernetes_type() {
 
 #[test]
 fn deploy_dir_itself_installs_the_base() {
-    assert_eq!(build(&deploy_dir()), base(), "`kubectl apply -k deploy/` must install the base");
+    assert_eq!(
+        build(&deploy_dir()),
+        base(),
+        "`kubectl apply -k deploy/` must install the base"
+    );
 }
 
 #[test]

@@ -256,6 +256,8 @@ struct Install {
     suffix: String,
     /// Set on a shared cluster: delete the install's cluster-scoped objects at the end.
     shared_kubeconfig: Option<String>,
+    /// The operator's kubeconfig (with its token) and log, removed at the end.
+    files: tempfile::TempDir,
 }
 
 impl Install {
@@ -264,6 +266,7 @@ impl Install {
             namespace: format!("e2e-install-{run}"),
             suffix: format!("-e2e-{run}"),
             shared_kubeconfig: cluster.shared_kubeconfig.clone(),
+            files: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -368,7 +371,7 @@ impl Install {
             "contexts": [{"name": "operator", "context": {"cluster": context["cluster"], "user": "sidecar-operator"}}],
             "current-context": "operator",
         });
-        let path = std::env::temp_dir().join(format!("sidecar-e2e-operator-{}.kubeconfig", self.namespace));
+        let path = self.files.path().join("operator.kubeconfig");
         std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
         path
     }
@@ -494,7 +497,7 @@ impl Operator {
         let port = free_port();
         args.push(format!("--http-addr=127.0.0.1:{port}"));
 
-        let log = std::env::temp_dir().join(format!("sidecar-e2e-operator-{}.log", install.namespace));
+        let log = install.files.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = tokio::process::Command::new(&binary)
             .args(&args)
