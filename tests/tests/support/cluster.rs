@@ -56,21 +56,7 @@ pub async fn cluster() -> Option<Cluster> {
         });
     }
     if let Ok(assets) = std::env::var(ASSETS_VAR) {
-        let control_plane = ControlPlane::start(Path::new(&assets));
-        let client = client_from(&control_plane.kubeconfig.display().to_string()).await;
-        // Up means serving and done with its start-up hooks, among them the default RBAC (which
-        // lets every authenticated user read /version): `/readyz` answers "ok" only then.
-        let up = wait_for_quietly(|| async {
-            let request = http::Request::get("/readyz").body(Vec::new()).ok()?;
-            let ready = client.request_text(request).await.ok()?;
-            (ready.trim() == "ok").then_some(())
-        })
-        .await;
-        assert!(
-            up,
-            "the control plane from {ASSETS_VAR} did not come up:\n{}",
-            control_plane.logs()
-        );
+        let (control_plane, client) = start_control_plane(Path::new(&assets)).await;
         return Some(Cluster {
             client,
             shared_kubeconfig: None,
@@ -82,6 +68,50 @@ pub async fn cluster() -> Option<Cluster> {
          or {ASSETS_VAR} to a directory with kube-apiserver and etcd"
     );
     None
+}
+
+/// How many times a throwaway control plane is started before the test fails: a port picked free
+/// can be taken by another process before etcd or kube-apiserver binds it.
+const CONTROL_PLANE_STARTS: usize = 3;
+
+/// A throwaway control plane, up: serving and done with its start-up hooks, among them the
+/// default RBAC (which lets every authenticated user read /version). `/readyz` answers "ok" only
+/// then. A process that exits while starting is retried on fresh ports.
+async fn start_control_plane(assets: &Path) -> (ControlPlane, Client) {
+    for attempt in 1..=CONTROL_PLANE_STARTS {
+        let mut control_plane = ControlPlane::start(assets);
+        let client = client_from(&control_plane.kubeconfig.display().to_string()).await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if is_ready(&client).await {
+                return (control_plane, client);
+            }
+            if let Some(exited) = control_plane.exited() {
+                eprintln!(
+                    "e2e: control plane start {attempt}/{CONTROL_PLANE_STARTS} failed, {exited}:\n{}",
+                    control_plane.logs()
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the control plane from {ASSETS_VAR} did not come up:\n{}",
+                control_plane.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    panic!("the control plane from {ASSETS_VAR} failed to start {CONTROL_PLANE_STARTS} times");
+}
+
+async fn is_ready(client: &Client) -> bool {
+    let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    client
+        .request_text(request)
+        .await
+        .is_ok_and(|ready| ready.trim() == "ok")
 }
 
 /// Like `wait_for`, but says whether the condition came true instead of failing.

@@ -86,6 +86,17 @@ impl ControlPlane {
         }
     }
 
+    /// Which process has exited, and how, if one has: a control plane that is starting or
+    /// running has both alive.
+    pub fn exited(&mut self) -> Option<String> {
+        [("etcd", &mut self.etcd), ("kube-apiserver", &mut self.apiserver)]
+            .into_iter()
+            .find_map(|(name, child)| match child.try_wait() {
+                Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+                Ok(None) | Err(_) => None,
+            })
+    }
+
     /// The end of the control plane's logs, for a failure message.
     pub fn logs(&self) -> String {
         ["etcd.log", "kube-apiserver.log"]
