@@ -27,7 +27,7 @@ use serde_json::json;
 use sidecar_api::{INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
 use sidecar_operator::controller;
-use support::cluster::{TestNamespace, cluster, dump, install_crd, wait_for};
+use support::cluster::{Cluster, TestNamespace, cluster, dump, install_crd, wait_for};
 
 fn example(name: &str, file: &str, namespace: &str) -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -296,63 +296,113 @@ async fn conflicts_are_reported_and_idle_means_no_writes() {
     operator.abort();
 }
 
+/// The U4 example (a Deployment and its policy) as a GitOps tool keeps it: server-side applied,
+/// forced, by the tool's field manager; and the operator's injection, awaited.
+struct GitOpsManaged {
+    client: Client,
+    ns: TestNamespace,
+    deployments: Api<Deployment>,
+    /// The Deployment as it is in Git.
+    manifest: serde_json::Value,
+    /// The tool's apply: its field manager, forced.
+    params: PatchParams,
+    injected: Deployment,
+    operator: tokio::task::JoinHandle<()>,
+}
+
+const MANAGED: &str = "legacy-billing";
+
+impl GitOpsManaged {
+    async fn start(cluster: &Cluster, namespace_prefix: &str, manager: &str) -> GitOpsManaged {
+        let client = cluster.client.clone();
+        install_crd(&client).await;
+        let ns = TestNamespace::create(cluster, namespace_prefix).await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
+        let params = PatchParams::apply(manager).force();
+
+        let manifest = example("u4-tls-proxy", "deployment.yaml", &ns.name);
+        deployments
+            .patch(MANAGED, &params, &Patch::Apply(&manifest))
+            .await
+            .unwrap();
+        let policy = example("u4-tls-proxy", "policy.yaml", &ns.name);
+        policies
+            .patch("tls-terminator", &params, &Patch::Apply(&policy))
+            .await
+            .unwrap();
+        let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
+        let injected = wait_for("the proxy injected before the app's init step", || async {
+            let live = deployments.get(MANAGED).await.ok()?;
+            (init_names(&live) == ["tls-proxy", "migrate"]).then_some(live)
+        })
+        .await;
+        GitOpsManaged {
+            client,
+            ns,
+            deployments,
+            manifest,
+            params,
+            injected,
+            operator,
+        }
+    }
+
+    /// The tool syncs `manifest` (server-side apply; a dry run when `dry_run`).
+    async fn sync(&self, manifest: &serde_json::Value, dry_run: bool) -> Deployment {
+        let params = PatchParams {
+            dry_run,
+            ..self.params.clone()
+        };
+        self.deployments
+            .patch(MANAGED, &params, &Patch::Apply(manifest))
+            .await
+            .unwrap()
+    }
+
+    async fn live(&self) -> Deployment {
+        self.deployments.get(MANAGED).await.unwrap()
+    }
+
+    async fn dump(&self) -> String {
+        dump(&self.client, &self.ns.name).await
+    }
+}
+
+impl Drop for GitOpsManaged {
+    fn drop(&mut self) {
+        self.operator.abort();
+    }
+}
+
 #[tokio::test]
 async fn a_gitops_tool_and_the_operator_keep_their_own_fields() {
     let Some(cluster) = cluster().await else { return };
-    let client = cluster.client.clone();
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&cluster, "gitops").await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
     // Flux applies with server-side apply and forces its own fields.
-    let flux = PatchParams::apply("kustomize-controller").force();
-
-    let manifest = example("u4-tls-proxy", "deployment.yaml", &ns.name);
-    deployments
-        .patch("legacy-billing", &flux, &Patch::Apply(&manifest))
-        .await
-        .unwrap();
-    let policy = example("u4-tls-proxy", "policy.yaml", &ns.name);
-    policies
-        .patch("tls-terminator", &flux, &Patch::Apply(&policy))
-        .await
-        .unwrap();
-    let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
-
-    let injected = wait_for("the proxy injected before the app's init step", || async {
-        let live = deployments.get("legacy-billing").await.ok()?;
-        (init_names(&live) == ["tls-proxy", "migrate"]).then_some(live)
-    })
-    .await;
+    let flux = GitOpsManaged::start(&cluster, "gitops", "kustomize-controller").await;
 
     // Flux re-applies the unchanged manifest: nothing of the operator's goes, nothing flips.
-    deployments
-        .patch("legacy-billing", &flux, &Patch::Apply(&manifest))
-        .await
-        .unwrap();
+    flux.sync(&flux.manifest, false).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = deployments.get("legacy-billing").await.unwrap();
+    let after = flux.live().await;
     assert_eq!(
         init_names(&after),
         ["tls-proxy", "migrate"],
         "{}",
-        dump(&client, &ns.name).await
+        flux.dump().await
     );
     assert_eq!(
-        after.metadata.generation, injected.metadata.generation,
+        after.metadata.generation, flux.injected.metadata.generation,
         "a re-apply of the same manifest rolled the pods"
     );
 
     // Flux changes its own container: its change lands, the operator's fields stay.
-    let mut changed = manifest.clone();
+    let mut changed = flux.manifest.clone();
     changed["spec"]["template"]["spec"]["containers"][0]["image"] =
         json!("registry.example.com/billing/app:3.3.0");
-    deployments
-        .patch("legacy-billing", &flux, &Patch::Apply(&changed))
-        .await
-        .unwrap();
+    flux.sync(&changed, false).await;
     let updated = wait_for("Flux's image change", || async {
-        let live = deployments.get("legacy-billing").await.ok()?;
+        let live = flux.deployments.get(MANAGED).await.ok()?;
         let image = live.spec.template.spec.as_ref()?.containers[0].image.clone()?;
         (image.ends_with(":3.3.0")).then_some(live)
     })
@@ -361,62 +411,27 @@ async fn a_gitops_tool_and_the_operator_keep_their_own_fields() {
         init_names(&updated),
         ["tls-proxy", "migrate"],
         "{}",
-        dump(&client, &ns.name).await
+        flux.dump().await
     );
-    let generation = updated.metadata.generation;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        deployments
-            .get("legacy-billing")
-            .await
-            .unwrap()
-            .metadata
-            .generation,
-        generation,
+        flux.live().await.metadata.generation,
+        updated.metadata.generation,
         "flip-flop"
     );
-    operator.abort();
 }
 
 #[tokio::test]
 async fn argo_cd_server_side_diff_sees_no_drift_in_an_injected_deployment() {
     let Some(cluster) = cluster().await else { return };
-    let client = cluster.client.clone();
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&cluster, "argocd").await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
     // Argo CD with ServerSideApply=true syncs with server-side apply as `argocd-controller`.
-    let argocd = PatchParams::apply("argocd-controller").force();
-
-    let manifest = example("u4-tls-proxy", "deployment.yaml", &ns.name);
-    deployments
-        .patch("legacy-billing", &argocd, &Patch::Apply(&manifest))
-        .await
-        .unwrap();
-    let policy = example("u4-tls-proxy", "policy.yaml", &ns.name);
-    policies
-        .patch("tls-terminator", &argocd, &Patch::Apply(&policy))
-        .await
-        .unwrap();
-    let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
-    let live = wait_for("the proxy injected", || async {
-        let live = deployments.get("legacy-billing").await.ok()?;
-        (init_names(&live) == ["tls-proxy", "migrate"]).then_some(live)
-    })
-    .await;
+    let argocd = GitOpsManaged::start(&cluster, "argocd", "argocd-controller").await;
+    let live = &argocd.injected;
 
     // ServerSideDiff=true: Argo CD predicts the live object with a dry-run apply of the Git
     // manifest and diffs the prediction against the live object. The operator's fields are
     // another manager's, so the prediction keeps them: no diff, the Application stays Synced.
-    let dry_run = PatchParams {
-        dry_run: true,
-        ..argocd.clone()
-    };
-    let predicted = deployments
-        .patch("legacy-billing", &dry_run, &Patch::Apply(&manifest))
-        .await
-        .unwrap();
+    let predicted = argocd.sync(&argocd.manifest, true).await;
     let (predicted_spec, live_spec) = (
         serde_json::to_value(&predicted.spec).unwrap(),
         serde_json::to_value(&live.spec).unwrap(),
@@ -425,15 +440,11 @@ async fn argo_cd_server_side_diff_sees_no_drift_in_an_injected_deployment() {
     assert_eq!(predicted.metadata.annotations, live.metadata.annotations);
 
     // A sync of the same manifest (self-heal, a refresh) changes nothing: no rollout.
-    let synced = deployments
-        .patch("legacy-billing", &argocd, &Patch::Apply(&manifest))
-        .await
-        .unwrap();
+    let synced = argocd.sync(&argocd.manifest, false).await;
     assert_eq!(
         synced.metadata.generation,
         live.metadata.generation,
         "{}",
-        dump(&client, &ns.name).await
+        argocd.dump().await
     );
-    operator.abort();
 }
