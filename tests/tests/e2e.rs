@@ -16,18 +16,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 mod support {
     pub mod cluster;
     pub mod control_plane;
+    pub mod kstatus;
 }
 use serde_json::json;
 use sidecar_api::{INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
 use sidecar_operator::controller;
 use support::cluster::{Cluster, TestNamespace, cluster, dump, install_crd, wait_for};
+use support::kstatus::kstatus;
 
 fn example(name: &str, file: &str, namespace: &str) -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -447,4 +449,85 @@ async fn argo_cd_server_side_diff_sees_no_drift_in_an_injected_deployment() {
         "{}",
         argocd.dump().await
     );
+}
+
+#[tokio::test]
+async fn flux_health_checks_read_a_policy_through_kstatus() {
+    let Some(cluster) = cluster().await else { return };
+    let client = cluster.client.clone();
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&cluster, "kstatus").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
+    // The policy as the API server serves it, untyped, as Flux reads it.
+    let served: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ApiResource::erase::<SidecarPolicy>(&()),
+    );
+    let health = || async {
+        let object = served.get("log-shipper").await.unwrap();
+        let object = serde_json::to_value(object).unwrap();
+        (kstatus(&object), object)
+    };
+    let flux = PatchParams::apply("kustomize-controller").force();
+    deployments
+        .patch(
+            "shop",
+            &flux,
+            &Patch::Apply(example("u1-log-shipping", "deployment.yaml", &ns.name)),
+        )
+        .await
+        .unwrap();
+    policies
+        .patch(
+            "log-shipper",
+            &flux,
+            &Patch::Apply(example("u1-log-shipping", "policy.yaml", &ns.name)),
+        )
+        .await
+        .unwrap();
+
+    // No operator yet: the CRD's default status says so, and kstatus does not call it healthy.
+    let (verdict, object) = health().await;
+    assert_eq!(object["status"], json!({"observedGeneration": 0}));
+    assert_eq!(verdict, "InProgress", "{object:#}");
+
+    let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
+    wait_for("kstatus Current once the policy is injected", || async {
+        (health().await.0 == "Current").then_some(())
+    })
+    .await;
+
+    // A second Deployment that cannot take the policy: Stalled, which kstatus calls Failed.
+    let mut clash = example("u1-log-shipping", "deployment.yaml", &ns.name);
+    clash["metadata"]["name"] = json!("shop-legacy");
+    clash["spec"]["template"]["spec"]["containers"][0]["name"] = json!("log-forwarder");
+    deployments
+        .patch("shop-legacy", &flux, &Patch::Apply(&clash))
+        .await
+        .unwrap();
+    let stalled = wait_for("kstatus Failed on a conflict", || async {
+        let (verdict, object) = health().await;
+        (verdict == "Failed").then_some(object)
+    })
+    .await;
+    let conditions = stalled["status"]["conditions"].as_array().unwrap();
+    let stalled = conditions.iter().find(|c| c["type"] == "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "Conflict");
+    assert!(
+        stalled["message"].as_str().unwrap().contains("shop-legacy"),
+        "{stalled}"
+    );
+
+    // The clash goes: healthy again.
+    deployments
+        .delete("shop-legacy", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("kstatus Current once the clash is gone", || async {
+        (health().await.0 == "Current").then_some(())
+    })
+    .await;
+    operator.abort();
 }

@@ -1,6 +1,7 @@
 //! The GitOps recipes under `deploy/argocd` and `deploy/flux` (see docs/gitops.md): the Argo CD
 //! health check, run for real (Lua 5.1, as Argo CD runs it) against statuses the operator's own
-//! status code produces, and the settings of the example Applications and Flux Kustomizations.
+//! status code produces; how kstatus (Flux's health checks) reads those statuses; and the settings
+//! of the example Applications and Flux Kustomizations.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
 
@@ -16,6 +17,11 @@ use serde_json::{Value, json};
 use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
 use sidecar_core::status::reasons;
 use sidecar_core::{Guardrails, PolicySet, ProblemKind, policy_status, render, unsupported_server_status};
+
+mod support {
+    pub mod kstatus;
+}
+use support::kstatus::kstatus;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -97,6 +103,14 @@ fn ready_reason(status: &SidecarPolicyStatus) -> &str {
         .reason
 }
 
+/// The status the API server shows before the operator writes one: the CRD schema's default.
+fn crd_default_status() -> Value {
+    let crd = &documents("crds/sidecarpolicy.yaml")[0];
+    let default = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["default"];
+    assert!(!default.is_null(), "the CRD gives status a default");
+    default.clone()
+}
+
 #[test]
 fn the_argocd_cm_patch_carries_the_health_check_verbatim() {
     let patch = &documents("deploy/argocd/argocd-cm-patch.yaml")[0];
@@ -123,52 +137,66 @@ fn health_follows_the_status_the_operator_writes() {
     bad.metadata.name = Some("bad".into());
     bad.spec.sidecars[0].name = "other".into();
 
+    // (status, its Ready reason, Argo CD's health, kstatus' verdict)
     let cases = [
         (
             status(std::slice::from_ref(&p), std::slice::from_ref(&app)),
             reasons::PROGRESSING,
             "Progressing",
+            "InProgress",
         ),
         (
             status(std::slice::from_ref(&p), &[injected]),
             reasons::UP_TO_DATE,
             "Healthy",
+            "Current",
         ),
         (
             status(std::slice::from_ref(&p), &[]),
             reasons::NO_MATCH,
             "Healthy",
+            "Current",
         ),
         (
             status(std::slice::from_ref(&p), &[taken]),
             ProblemKind::Conflict.reason(),
             "Degraded",
+            "Failed",
         ),
         (
             status(&[privileged(policy())], std::slice::from_ref(&app)),
             ProblemKind::Refused.reason(),
             "Degraded",
+            "Failed",
         ),
-        (status(&[p.clone(), bad], &[app]), reasons::BLOCKED, "Degraded"),
+        (
+            status(&[p.clone(), bad], &[app]),
+            reasons::BLOCKED,
+            "Degraded",
+            "Failed",
+        ),
         (
             unsupported_server_status(&p, "Kubernetes 1.28 has no native sidecars", None, &now()),
             reasons::UNSUPPORTED_SERVER,
             "Degraded",
+            "Failed",
         ),
     ];
-    for (status, reason, expected) in cases {
+    for (status, reason, argo_cd, flux) in cases {
         assert_eq!(
             ready_reason(&status),
             reason,
             "the scenario for {reason} is not what it claims"
         );
         let message = status.conditions[0].message.clone();
-        let (health, shown) = health(&live(&p, Some(status)));
-        assert_eq!(health, expected, "Ready reason {reason}");
+        let object = live(&p, Some(status));
+        let (health, shown) = health(&object);
+        assert_eq!(health, argo_cd, "Argo CD, Ready reason {reason}");
         assert!(
             shown.contains(reason) && shown.contains(&message),
             "{reason}: {shown}"
         );
+        assert_eq!(kstatus(&object), flux, "kstatus, Ready reason {reason}");
     }
 }
 
@@ -198,16 +226,21 @@ fn every_not_ready_reason_but_progressing_is_degraded() {
 fn a_policy_the_operator_has_not_caught_up_with_is_progressing() {
     let p = policy();
     assert_eq!(health(&live(&p, None)).0, "Progressing", "no status yet");
+    let mut unseen = live(&p, None);
+    unseen["status"] = crd_default_status();
+    assert_eq!(health(&unseen).0, "Progressing", "the CRD's default status");
+    assert_eq!(kstatus(&unseen), "InProgress", "the CRD's default status");
 
     let up_to_date = status(std::slice::from_ref(&p), &[]);
     let mut newer = p.clone();
     newer.metadata.generation = Some(2);
-    let (health, message) = health(&live(&newer, Some(up_to_date)));
+    let (health, message) = health(&live(&newer, Some(up_to_date.clone())));
     assert_eq!(
         health, "Progressing",
         "a status for generation 1 says nothing of generation 2"
     );
     assert!(message.contains("generation 2"), "{message}");
+    assert_eq!(kstatus(&live(&newer, Some(up_to_date))), "InProgress");
 }
 
 /// `syncOptions` of an Application, as strings.

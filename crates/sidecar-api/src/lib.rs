@@ -26,4 +26,12 @@ pub mod conditions {
     pub const INVALID: &str = "Invalid";
     /// The policy is valid but could not be applied everywhere (API errors, unsupported server).
     pub const DEGRADED: &str = "Degraded";
+    /// kstatus' standard condition (abnormal-true): the operator is still bringing matched
+    /// Deployments up to date. Present, `True`, only then.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus' standard condition (abnormal-true): the operator cannot make progress until
+    /// someone changes a policy or a Deployment (or upgrades the cluster). Present, `True`, only
+    /// then. With `Reconciling`, it lets kstatus users (Flux's health checks, kpt, Config Sync)
+    /// read a policy's health without configuration.
+    pub const STALLED: &str = "Stalled";
 }

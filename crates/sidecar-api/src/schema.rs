@@ -137,6 +137,18 @@ pub(crate) fn conditions(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
+/// The status: until the operator first writes one, the API server serves this schema's default,
+/// `observedGeneration: 0`, so that a policy no one has looked at yet reads as in progress, not
+/// as healthy (to kstatus and Argo CD). Its fields get no default: nothing has been counted yet.
+pub(crate) fn unobserved_status(schema: &mut Schema) {
+    schema.insert("default".to_owned(), json!({ "observedGeneration": 0 }));
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for property in properties.values_mut().filter_map(Value::as_object_mut) {
+            property.remove("default");
+        }
+    }
+}
+
 /// A list of objects keyed by a DNS-label `name`: unique names (the API server enforces the list
 /// map keys), bounded length.
 fn named_list<T: JsonSchema>(generator: &mut SchemaGenerator, max_items: u64) -> Schema {

@@ -142,8 +142,12 @@ pub struct PodSettings {
 }
 
 /// What the operator observed the last time it reconciled this policy.
+///
+/// Until the operator first writes it, the API server shows the default, `observedGeneration: 0`:
+/// a policy the operator has not looked at yet reads as in progress, not as healthy.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unobserved_status)]
 pub struct SidecarPolicyStatus {
     /// The `metadata.generation` of the policy that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,8 +161,8 @@ pub struct SidecarPolicyStatus {
     #[serde(default)]
     pub up_to_date_deployments: i32,
 
-    /// `Ready`, and `Conflict`, `Invalid` or `Degraded` when they apply. Reasons and messages name
-    /// the Deployment and field concerned.
+    /// `Ready`, and `Conflict`, `Invalid`, `Degraded`, `Reconciling` or `Stalled` when they apply.
+    /// Reasons and messages name the Deployment and field concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,

@@ -64,11 +64,20 @@ pub fn unsupported_server_status(
         previous,
         now,
     );
+    let stalled = condition(
+        conditions::STALLED,
+        true,
+        reasons::UNSUPPORTED_SERVER,
+        message.to_owned(),
+        generation,
+        previous,
+        now,
+    );
     SidecarPolicyStatus {
         observed_generation: generation,
         matched_deployments: previous.map_or(0, |p| p.matched_deployments),
         up_to_date_deployments: previous.map_or(0, |p| p.up_to_date_deployments),
-        conditions: vec![ready, degraded],
+        conditions: vec![ready, degraded, stalled],
     }
 }
 
@@ -155,11 +164,19 @@ pub fn policy_status(
             format!("{up_to_date} of {matched} matched Deployments carry this policy"),
         )
     };
+    // kstatus' pair, read from Ready: not ready only for lack of time is Reconciling; not ready
+    // for any other reason waits on someone's change, which is Stalled.
+    let (ready_status, ready_reason, ready_message) = ready;
+    let (reconciling, stalled) = match (ready_status, ready_reason) {
+        (true, _) => (None, None),
+        (false, reasons::PROGRESSING) => (Some((ready_reason, ready_message.clone())), None),
+        (false, _) => (None, Some((ready_reason, ready_message.clone()))),
+    };
     list.push(condition(
         conditions::READY,
-        ready.0,
-        ready.1,
-        ready.2,
+        ready_status,
+        ready_reason,
+        ready_message,
         generation,
         previous,
         now,
@@ -168,6 +185,8 @@ pub fn policy_status(
         (conditions::INVALID, invalid),
         (conditions::CONFLICT, conflict),
         (conditions::DEGRADED, degraded),
+        (conditions::RECONCILING, reconciling),
+        (conditions::STALLED, stalled),
     ] {
         if let Some((reason, message)) = entry {
             list.push(condition(kind, true, reason, message, generation, previous, now));

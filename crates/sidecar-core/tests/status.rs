@@ -160,3 +160,50 @@ fn an_unsupported_server_makes_every_policy_not_ready() {
     assert_eq!(ready(&s), ("False".into(), "UnsupportedServer".into()));
     assert_eq!(condition(&s, "Degraded").unwrap().message, "too old");
 }
+
+/// The reasons of kstatus' `Reconciling` and `Stalled` conditions, where they hold.
+fn kstatus_pair(s: &SidecarPolicyStatus) -> (Option<String>, Option<String>) {
+    let holding = |type_| {
+        condition(s, type_).map(|c| {
+            assert_eq!(c.status, "True", "{type_} is present only when it holds");
+            c.reason.clone()
+        })
+    };
+    (holding("Reconciling"), holding("Stalled"))
+}
+
+#[test]
+fn reconciling_means_wait_and_stalled_means_someone_must_change_something() {
+    let policies = [sidecar_policy("p", "s")];
+    let pending = status_of("p", &policies, &[web()], None, 0);
+    assert_eq!(kstatus_pair(&pending), (Some("Progressing".into()), None));
+    let done = status_of("p", &policies, &[rendered(&web(), &policies)], None, 0);
+    assert_eq!(kstatus_pair(&done), (None, None));
+    let unmatched = status_of("p", &policies, &[], None, 0);
+    assert_eq!(kstatus_pair(&unmatched), (None, None));
+
+    let conflict = status_of("p", &[sidecar_policy("p", "web")], &[web()], None, 0);
+    assert_eq!(kstatus_pair(&conflict), (None, Some("Conflict".into())));
+    let mut refused = sidecar_policy("p", "s");
+    refused.spec.sidecars[0].security_context =
+        Some(serde_json::from_value(serde_json::json!({"privileged": true})).unwrap());
+    let refused = status_of("p", &[refused], &[web()], None, 0);
+    assert_eq!(kstatus_pair(&refused), (None, Some("GuardrailRefused".into())));
+    let blocked = status_of(
+        "good",
+        &[sidecar_policy("good", "fine"), sidecar_policy("bad", "web")],
+        &[web()],
+        None,
+        0,
+    );
+    assert_eq!(
+        kstatus_pair(&blocked),
+        (None, Some("BlockedByOtherPolicy".into()))
+    );
+    let unsupported = sidecar_core::unsupported_server_status(&policies[0], "too old", None, &at(0));
+    assert_eq!(
+        kstatus_pair(&unsupported),
+        (None, Some("UnsupportedServer".into()))
+    );
+    assert_eq!(condition(&unsupported, "Stalled").unwrap().message, "too old");
+}
