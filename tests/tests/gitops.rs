@@ -311,4 +311,8 @@ fn flux_kustomizations_apply_the_base_then_the_policies_without_force() {
     );
     let team = kustomizations[1];
     assert_eq!(team["spec"]["dependsOn"][0]["name"], install["metadata"]["name"]);
+    assert_eq!(
+        team["spec"]["wait"], true,
+        "a policy in conflict fails the team's Kustomization"
+    );
 }
