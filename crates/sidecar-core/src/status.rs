@@ -46,38 +46,29 @@ pub fn unsupported_server_status(
     now: &Time,
 ) -> SidecarPolicyStatus {
     let generation = policy.metadata.generation;
-    let ready = condition(
-        conditions::READY,
-        false,
-        reasons::UNSUPPORTED_SERVER,
-        message.to_owned(),
-        generation,
-        previous,
-        now,
-    );
-    let degraded = condition(
-        conditions::DEGRADED,
-        true,
-        reasons::UNSUPPORTED_SERVER,
-        message.to_owned(),
-        generation,
-        previous,
-        now,
-    );
-    let stalled = condition(
-        conditions::STALLED,
-        true,
-        reasons::UNSUPPORTED_SERVER,
-        message.to_owned(),
-        generation,
-        previous,
-        now,
-    );
+    let list = [
+        (conditions::READY, false),
+        (conditions::DEGRADED, true),
+        (conditions::STALLED, true),
+    ]
+    .into_iter()
+    .map(|(type_, status)| {
+        condition(
+            type_,
+            status,
+            reasons::UNSUPPORTED_SERVER,
+            message.to_owned(),
+            generation,
+            previous,
+            now,
+        )
+    })
+    .collect();
     SidecarPolicyStatus {
         observed_generation: generation,
         matched_deployments: previous.map_or(0, |p| p.matched_deployments),
         up_to_date_deployments: previous.map_or(0, |p| p.up_to_date_deployments),
-        conditions: vec![ready, degraded, stalled],
+        conditions: list,
     }
 }
 
