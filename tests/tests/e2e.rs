@@ -28,19 +28,8 @@ use serde_json::json;
 use sidecar_api::{INJECTED_ANNOTATION, SidecarPolicy};
 use sidecar_core::Guardrails;
 use sidecar_operator::controller;
-use support::cluster::{Cluster, TestNamespace, cluster, dump, install_crd, wait_for};
+use support::cluster::{Cluster, TestNamespace, cluster, dump, example, install_crd, wait_for};
 use support::kstatus::kstatus;
-
-fn example(name: &str, file: &str, namespace: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
-        .join(file);
-    let mut value: serde_json::Value =
-        serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    value["metadata"]["namespace"] = json!(namespace);
-    value
-}
 
 fn all_guardrails_off() -> Guardrails {
     let mut g = Guardrails {

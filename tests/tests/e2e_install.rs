@@ -30,7 +30,9 @@ mod support {
     pub mod control_plane;
     pub mod kustomize;
 }
-use support::cluster::{Cluster, TestNamespace, clean_up, client_from, cluster, dump, wait_for_quietly};
+use support::cluster::{
+    Cluster, TestNamespace, clean_up, client_from, cluster, dump, example, wait_for_quietly,
+};
 use support::control_plane::free_port;
 use support::kustomize::{build, build_inline, deploy_dir, find};
 
@@ -448,16 +450,6 @@ async fn apply(client: &Client, discovery: &Discovery, object: &Value, dry_run: 
 
 fn name(object: &Value) -> String {
     object["metadata"]["name"].as_str().unwrap().to_owned()
-}
-
-fn example(name: &str, file: &str, namespace: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
-        .join(file);
-    let mut value: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    value["metadata"]["namespace"] = json!(namespace);
-    value
 }
 
 /// The operator binary, run as the install's Deployment runs it; killed when dropped.

@@ -12,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use mlua::serde::SerializeOptions;
 use mlua::{Lua, LuaSerdeExt};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
 use sidecar_core::status::reasons;
@@ -20,8 +19,10 @@ use sidecar_core::{Guardrails, PolicySet, ProblemKind, policy_status, render, un
 
 mod support {
     pub mod kstatus;
+    pub mod kustomize;
 }
 use support::kstatus::kstatus;
+use support::kustomize;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -31,12 +32,9 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap()
 }
 
-/// Every document of a (multi-document) YAML file.
+/// Every document of the repository's YAML file `path`.
 fn documents(path: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(&read(path))
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|d| !d.is_null())
-        .collect()
+    kustomize::documents(&read(path))
 }
 
 fn health_check() -> String {

@@ -1,5 +1,5 @@
-//! The API server an end-to-end test runs against, and the waits and namespaces every e2e test
-//! uses. Shared by the e2e test files; each uses only part of it.
+//! The API server an end-to-end test runs against, and the waits, namespaces and example
+//! manifests every e2e test uses. Shared by the e2e test files; each uses only part of it.
 
 #![allow(dead_code)]
 
@@ -12,7 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use serde_json::json;
+use serde_json::{Value, json};
 use sidecar_api::SidecarPolicy;
 
 use super::control_plane::ControlPlane;
@@ -259,4 +259,15 @@ pub async fn dump(client: &Client, namespace: &str) -> String {
             .map(|l| serde_norway::to_string(&l.items).unwrap_or_default())
             .unwrap_or_else(|e| e.to_string()),
     )
+}
+
+/// `examples/NAME/FILE`, moved into `namespace`, as the JSON a server-side apply sends.
+pub fn example(name: &str, file: &str, namespace: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+        .join(file);
+    let mut value: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    value["metadata"]["namespace"] = json!(namespace);
+    value
 }

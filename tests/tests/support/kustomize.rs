@@ -33,7 +33,12 @@ pub fn build(dir: &Path) -> Vec<Value> {
         dir.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_norway::Deserializer::from_str(&stdout)
+    documents(&stdout)
+}
+
+/// Every document of a multi-document YAML text, skipping empty ones.
+pub fn documents(yaml: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(yaml)
         .map(|document| Value::deserialize(document).unwrap())
         .filter(|document| !document.is_null())
         .collect()
