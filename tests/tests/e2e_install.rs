@@ -277,15 +277,17 @@ impl Install {
     fn isolate(&self, mut objects: Vec<Value>, watched: &str) -> Vec<Value> {
         let account = find(&objects, "ServiceAccount", "sidecar-operator")["metadata"]["namespace"].clone();
         // The component's RoleBindings of the ClusterRole, one per watched namespace: keep one.
+        let is_watch_binding =
+            |o: &Value| o["kind"] == "RoleBinding" && o["roleRef"]["kind"] == "ClusterRole";
         let mut watch_bindings = 0;
         objects.retain(|o| {
-            let watch_binding = o["kind"] == "RoleBinding" && o["roleRef"]["kind"] == "ClusterRole";
+            let watch_binding = is_watch_binding(o);
             watch_bindings += usize::from(watch_binding);
             !watch_binding || watch_bindings == 1
         });
         for object in &mut objects {
             let kind = object["kind"].as_str().unwrap().to_owned();
-            let watch_binding = kind == "RoleBinding" && object["roleRef"]["kind"] == "ClusterRole";
+            let watch_binding = is_watch_binding(object);
             let metadata = &mut object["metadata"];
             match kind.as_str() {
                 "Namespace" => metadata["name"] = json!(self.namespace),
@@ -352,14 +354,13 @@ impl Install {
             .find(|c| c["name"] == context_name)
             .unwrap()["context"]
             .clone();
-        let cluster_entry = config["clusters"]
+        let mut cluster_entry = config["clusters"]
             .as_array()
             .unwrap()
             .iter()
             .find(|c| c["name"] == context["cluster"])
             .unwrap()
             .clone();
-        let mut cluster_entry = cluster_entry;
         // A relative certificate path is relative to the source kubeconfig.
         if let Some(ca) = cluster_entry["cluster"]["certificate-authority"].as_str() {
             let base = source.parent().unwrap_or(Path::new("."));

@@ -115,19 +115,30 @@ async fn is_ready(client: &Client) -> bool {
 }
 
 /// Like `wait_for`, but says whether the condition came true instead of failing.
-pub async fn wait_for_quietly<F, Fut>(mut check: F) -> bool
+pub async fn wait_for_quietly<F, Fut>(check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<()>>,
 {
+    poll(check).await.is_some()
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, for at most `PATIENCE`.
+async fn poll<T, F, Fut>(mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if check().await.is_some() {
-            return true;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    false
 }
 
 pub async fn client_from(kubeconfig: &str) -> Client {
@@ -225,22 +236,14 @@ pub async fn wait_for_crd(client: &Client) {
 }
 
 /// Polls `check` until it returns `Some`, or fails the test after `PATIENCE`.
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    poll(check)
+        .await
+        .unwrap_or_else(|| panic!("gave up waiting for {what}"))
 }
 
 pub async fn dump(client: &Client, namespace: &str) -> String {
