@@ -254,3 +254,64 @@ fn removing_each_policy_restores_the_deployment_exactly() {
     }
     assert_eq!(checked, 8, "one example per use case U1-U8");
 }
+
+/// Every golden render of the first release (record v0, kept in `tests/fixtures/v0/`) is read by
+/// this release: the policy renders to the same pod template with a version 1 record (so the
+/// controller's migration write rolls no pod), the controller plans exactly one write that
+/// changes only the record, and removing the policy restores the owner's Deployment.
+#[test]
+fn records_of_the_first_release_are_migrated_without_touching_the_pod_template() {
+    let everything = Guardrails {
+        allow_privileged: true,
+        allow_host_path: true,
+        allow_run_as_root: true,
+        allowed_capabilities: ["NET_ADMIN", "NET_RAW"].map(String::from).into(),
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v0");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let fixture = entry.unwrap().path();
+        let name = fixture.file_name().unwrap().to_str().unwrap().to_owned();
+        let read = |path: PathBuf| std::fs::read_to_string(path).unwrap();
+        let v0: Deployment = serde_norway::from_str(&read(fixture.join("rendered.yaml"))).unwrap();
+        let original: Deployment =
+            serde_norway::from_str(&read(example(&name).join("deployment.yaml"))).unwrap();
+        let policy: SidecarPolicy =
+            serde_norway::from_str(&read(example(&name).join("policy.yaml"))).unwrap();
+        let record = sidecar_core::InjectionRecord::read(&v0).unwrap().unwrap();
+        assert!(record.is_legacy(), "{name}: the fixture holds a v0 record");
+
+        let migrated = render(&v0, std::slice::from_ref(&policy), &everything).unwrap();
+        assert_eq!(
+            migrated.deployment.spec, v0.spec,
+            "{name}: the pod template is unchanged"
+        );
+        assert!(!migrated.record.is_legacy());
+        assert_eq!(
+            migrated.deployment,
+            rendered(&name),
+            "{name}: the same as a fresh render"
+        );
+
+        let set = sidecar_core::PolicySet::new(std::slice::from_ref(&policy), &everything);
+        let facts = sidecar_core::DeploymentFacts::of(&v0);
+        let plan = set.plan(&v0.metadata, &facts).unwrap();
+        assert!(!plan.is_applied(&facts), "{name}: the record is rewritten once");
+        let live = serde_json::to_value(&v0).unwrap();
+        assert!(
+            sidecar_core::contains(&live["spec"], &plan.patch["spec"]),
+            "{name}: the migration write sends nothing the template does not already have"
+        );
+        let after = sidecar_core::DeploymentFacts::of(&migrated.deployment);
+        assert!(
+            set.plan(&migrated.deployment.metadata, &after)
+                .unwrap()
+                .is_applied(&after)
+        );
+
+        let removed = render(&v0, &[], &everything).unwrap().deployment;
+        assert_eq!(removed, original, "{name}: removal from a v0 record is exact");
+        checked += 1;
+    }
+    assert_eq!(checked, 8, "one fixture per use case U1-U8");
+}

@@ -15,6 +15,15 @@ pub const INJECT_ANNOTATION: &str = "sidecar.dev/inject";
 /// exactly that and nothing the Deployment's owner wrote.
 pub const INJECTED_ANNOTATION: &str = "sidecar.dev/injected";
 
+/// Label on a policy's ControllerRevisions: the policy's name.
+pub const POLICY_LABEL: &str = "sidecar.dev/policy";
+
+/// Label on a policy's ControllerRevisions: the revision hash.
+pub const REVISION_LABEL: &str = "sidecar.dev/revision";
+
+/// Default of `spec.revisionHistoryLimit`.
+pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
+
 /// Condition types and reasons written to `SidecarPolicy.status.conditions`.
 pub mod conditions {
     /// The policy is valid and every matched Deployment carries what it asks for.

@@ -31,7 +31,11 @@ use crate::schema;
     printcolumn = r#"{"name":"Up-To-Date","type":"integer","description":"Matched Deployments that carry the current policy","jsonPath":".status.upToDateDeployments"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","priority":1,"description":"The current revision (a ControllerRevision named <policy>-<revision>)","jsonPath":".status.currentRevision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name: a SidecarPolicy's name must be at most 63 characters: it is a label value on the policy's revisions")
+        .field_path(".metadata.name"),
     validation = kube::core::Rule::new(
         "(has(self.spec.sidecars) && size(self.spec.sidecars) > 0) || (has(self.spec.initContainers) && size(self.spec.initContainers) > 0)"
     ).message("spec: a SidecarPolicy must inject at least one entry in spec.sidecars or spec.initContainers").field_path(".spec"),
@@ -89,6 +93,14 @@ pub struct SidecarPolicySpec {
     /// Pod-level settings to add to the pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodSettings>,
+
+    /// How many earlier revisions of this policy to keep, besides the current one and any that a
+    /// Deployment still carries. Each distinct content of this spec (everything but `selector`
+    /// and this field) is a revision, stored as a ControllerRevision owned by the policy and
+    /// deleted with it: `kubectl get controllerrevisions -l sidecar.dev/policy=NAME`. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub revision_history_limit: Option<i32>,
 }
 
 /// Where injected containers go relative to the Deployment's own init containers.
@@ -153,11 +165,17 @@ pub struct SidecarPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// The revision of this policy's current spec: a hash of what it injects. Deployments record
+    /// the revision they carry; the ControllerRevision `<policy name>-<revision>` holds its
+    /// content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+
     /// How many Deployments the selector matches (opted-out Deployments excluded).
     #[serde(default)]
     pub matched_deployments: i32,
 
-    /// How many matched Deployments carry exactly what this generation of the policy asks for.
+    /// How many matched Deployments carry the current revision of this policy.
     #[serde(default)]
     pub up_to_date_deployments: i32,
 

@@ -8,8 +8,10 @@ use serde_json::{Map, Value, json};
 use sidecar_api::INJECTED_ANNOTATION;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 
-use crate::record::InjectionRecord;
+use crate::quantity::same_amount;
+use crate::record::{Injected, InjectionRecord};
 use crate::render::Rendered;
 
 /// The server-side apply configuration of `rendered`: name and namespace, the record annotation,
@@ -31,18 +33,26 @@ pub(crate) fn owned_fields(deployment: &Deployment, record: &InjectionRecord) ->
         return patch;
     }
     metadata["annotations"] = json!({ INJECTED_ANNOTATION: record.to_annotation() });
+    patch["metadata"] = metadata;
+    if let Some(spec) = owned_spec(&deployment.spec.template, &record.injected()) {
+        patch["spec"] = spec;
+    }
+    patch
+}
 
-    let template = &deployment.spec.template;
+/// The `spec` of the apply configuration that owns exactly what `injected` lists in `template`
+/// (`None` when that is nothing).
+pub(crate) fn owned_spec(template: &PodTemplateSpec, injected: &Injected) -> Option<Value> {
     let mut template_patch = Map::new();
     let template_metadata = template.metadata.as_ref();
     let mut pod_metadata = Map::new();
     let labels = template_metadata.and_then(|m| m.labels.as_ref());
-    let picked_labels = pick(labels, &record.pod_labels);
+    let picked_labels = pick(labels, &injected.pod_labels);
     if !picked_labels.is_empty() {
         pod_metadata.insert("labels".into(), Value::Object(picked_labels));
     }
     let annotations = template_metadata.and_then(|m| m.annotations.as_ref());
-    let picked_annotations = pick(annotations, &record.pod_annotations);
+    let picked_annotations = pick(annotations, &injected.pod_annotations);
     if !picked_annotations.is_empty() {
         pod_metadata.insert("annotations".into(), Value::Object(picked_annotations));
     }
@@ -56,7 +66,7 @@ pub(crate) fn owned_fields(deployment: &Deployment, record: &InjectionRecord) ->
             .init_containers
             .iter()
             .flatten()
-            .filter(|c| record.init_containers.contains(&c.name))
+            .filter(|c| injected.init_containers.contains(&c.name))
             .map(to_value)
             .collect();
         if !init.is_empty() {
@@ -66,8 +76,8 @@ pub(crate) fn owned_fields(deployment: &Deployment, record: &InjectionRecord) ->
             .containers
             .iter()
             .filter_map(|c| {
-                let paths = record.mounts.get(&c.name);
-                let names = record.env.get(&c.name);
+                let paths = injected.mounts.get(&c.name);
+                let names = injected.env.get(&c.name);
                 if paths.is_none() && names.is_none() {
                     return None;
                 }
@@ -94,28 +104,24 @@ pub(crate) fn owned_fields(deployment: &Deployment, record: &InjectionRecord) ->
             .volumes
             .iter()
             .flatten()
-            .filter(|v| record.volumes.contains(&v.name))
+            .filter(|v| injected.volumes.contains(&v.name))
             .map(to_value)
             .collect();
         if !volumes.is_empty() {
             pod_patch.insert("volumes".into(), Value::Array(volumes));
         }
-        if record.share_process_namespace {
+        if injected.share_process_namespace {
             pod_patch.insert("shareProcessNamespace".into(), json!(pod.share_process_namespace));
         }
     }
     if !pod_patch.is_empty() {
         template_patch.insert("spec".into(), Value::Object(pod_patch));
     }
-    patch["metadata"] = metadata;
-    if !template_patch.is_empty() {
-        patch["spec"] = json!({ "template": Value::Object(template_patch) });
-    }
-    patch
+    (!template_patch.is_empty()).then(|| json!({ "template": Value::Object(template_patch) }))
 }
 
 /// Whether `live` (as stored by the API server, with its defaults) already is what `rendered`
-/// asks for: the same record (so the same policies and content fingerprint), the init containers
+/// asks for: the same record (so the same policies at the same revisions), the init containers
 /// in the computed order, and every field the operator would send. The controller writes only
 /// when this is false.
 pub fn is_up_to_date(live: &Deployment, rendered: &Rendered) -> bool {
@@ -151,40 +157,36 @@ fn pick(
         .collect()
 }
 
-fn to_value<T: serde::Serialize>(item: &T) -> Value {
+pub(crate) fn to_value<T: serde::Serialize>(item: &T) -> Value {
     // Serialising k8s-openapi types to a JSON value cannot fail (no non-string map keys).
     serde_json::to_value(item).unwrap_or(Value::Null)
 }
 
-/// FNV-1a (64 bit) of the injected content: `owned_fields` without the record annotation. Stable
-/// across operator versions and platforms, unlike `std`'s hasher.
-pub(crate) fn fingerprint(deployment: &Deployment, record: &InjectionRecord) -> String {
-    let mut content = owned_fields(deployment, record);
-    if let Some(metadata) = content.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.remove("annotations");
-    }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in content.to_string().bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
 /// Whether `live` already carries everything in `patch`: every field the patch sets has the same
 /// value in `live`, which may hold more (server defaults, other owners' fields). Lists of
-/// objects are matched by their merge key.
+/// objects are matched by their merge key; resource quantities by amount, since the API server
+/// stores them in canonical form.
 pub fn contains(live: &Value, patch: &Value) -> bool {
+    contains_at(live, patch, false)
+}
+
+/// `quantity`: the values here are resource quantities (under `requests` or `limits`).
+fn contains_at(live: &Value, patch: &Value, quantity: bool) -> bool {
     match (live, patch) {
-        (Value::Object(live), Value::Object(patch)) => patch
-            .iter()
-            .all(|(k, v)| live.get(k).is_some_and(|l| contains(l, v))),
+        (Value::Object(live), Value::Object(patch)) => patch.iter().all(|(k, v)| {
+            let quantities = quantity || matches!(k.as_str(), "requests" | "limits");
+            live.get(k).is_some_and(|l| match (k.as_str(), l, v) {
+                ("sizeLimit", Value::String(l), Value::String(v)) => same_amount(l, v),
+                _ => contains_at(l, v, quantities),
+            })
+        }),
         (Value::Array(live), Value::Array(patch)) => patch.iter().all(|item| match merge_key(item) {
             Some((key, value)) => live
                 .iter()
-                .any(|l| l.get(key) == Some(value) && contains(l, item)),
+                .any(|l| l.get(key) == Some(value) && contains_at(l, item, false)),
             None => live.contains(item),
         }),
+        (Value::String(l), Value::String(p)) if quantity => same_amount(l, p),
         _ => live == patch,
     }
 }

@@ -4,34 +4,45 @@
 //! Every name, port, mount path, env var, label and pod setting is "claimed" by the Deployment's
 //! owner or by the first policy that adds it; a second claim is a conflict that names both
 //! parties. Nothing is overwritten.
+//!
+//! The planner reads the owner's pod template through [`PodFacts`], so the controller plans from
+//! its compact cache; the result is applied to a full template (offline `render`) or turned
+//! straight into the server-side apply configuration (the controller), never both.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec, Volume, VolumeMount};
-use sidecar_api::{Placement, SidecarPolicy};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodTemplateSpec, Volume, VolumeMount};
+use serde_json::{Map, Value, json};
+use sidecar_api::{INJECTED_ANNOTATION, Placement, SidecarPolicy};
 
+use crate::apply::to_value;
+use crate::facts::{PodFacts, Port, SIDECAR_RESTART_POLICY};
 use crate::problem::{Problem, ProblemKind, Warning};
-use crate::record::InjectionRecord;
+use crate::record::{Injected, InjectionRecord, PolicyEntry};
 use crate::site::Site;
 use crate::validate::{SIDECARS, containers};
 
-/// Native sidecars are init containers with this restart policy (KEP-753).
-const SIDECAR_RESTART_POLICY: &str = "Always";
-
-/// Everything the matching policies add, ready to be applied to the owner's pod template.
+/// Everything the matching policies add, policy by policy, ready to be applied to the owner's
+/// pod template or sent as an apply configuration.
 ///
 /// It borrows from the policies: Kubernetes containers and volumes are kilobytes each, so they are
-/// cloned once, straight into the rendered pod template.
+/// cloned at most once, straight into the rendered pod template.
 #[derive(Debug, Default)]
 pub(crate) struct Injection<'p> {
-    policies: Vec<&'p str>,
-    /// Injected init containers and sidecars placed before the Deployment's own init containers,
-    /// with whether each is a sidecar.
-    before: Vec<(&'p Container, bool)>,
-    /// Those placed after them.
-    after: Vec<(&'p Container, bool)>,
+    /// In injection order.
+    parts: Vec<Part<'p>>,
+}
+
+/// What one policy adds.
+#[derive(Debug)]
+struct Part<'p> {
+    name: &'p str,
+    revision: &'p str,
+    placement: Placement,
+    /// Its init containers and sidecars, with whether each is a sidecar.
+    containers: Vec<(&'p Container, bool)>,
     volumes: Vec<&'p Volume>,
     /// Additions to app containers, by index in `spec.template.spec.containers`.
     mounts: BTreeMap<usize, Vec<&'p VolumeMount>>,
@@ -41,54 +52,212 @@ pub(crate) struct Injection<'p> {
     share_process_namespace: Option<bool>,
 }
 
-impl Injection<'_> {
-    /// Adds the injection to `template` (the owner's template, with nothing injected, as given to
-    /// [`plan`]) and returns the record of what was added.
-    pub(crate) fn apply(self, template: &mut PodTemplateSpec) -> InjectionRecord {
-        let mut record = InjectionRecord {
-            policies: self.policies.iter().map(|p| (*p).to_owned()).collect(),
-            ..Default::default()
-        };
-        if !self.labels.is_empty() || !self.annotations.is_empty() {
+impl<'p> Injection<'p> {
+    /// Injected containers placed before the owner's init containers, then those after them.
+    fn containers(&self, placement: Placement) -> impl Iterator<Item = &(&'p Container, bool)> {
+        self.parts
+            .iter()
+            .filter(move |part| part.placement == placement)
+            .flat_map(|part| &part.containers)
+    }
+
+    /// The record of this injection into a template whose app containers are `owner`'s.
+    pub(crate) fn record(&self, owner: &PodFacts) -> InjectionRecord {
+        let name_of = |i: &usize| owner.containers[*i].name.clone();
+        let policies = self
+            .parts
+            .iter()
+            .map(|part| PolicyEntry {
+                name: part.name.to_owned(),
+                revision: part.revision.to_owned(),
+                injected: Injected {
+                    init_containers: part.containers.iter().map(|(c, _)| c.name.clone()).collect(),
+                    volumes: part.volumes.iter().map(|v| v.name.clone()).collect(),
+                    mounts: part
+                        .mounts
+                        .iter()
+                        .map(|(i, m)| (name_of(i), m.iter().map(|m| m.mount_path.clone()).collect()))
+                        .collect(),
+                    env: part
+                        .env
+                        .iter()
+                        .map(|(i, e)| (name_of(i), e.iter().map(|e| e.name.clone()).collect()))
+                        .collect(),
+                    pod_labels: part.labels.keys().map(|k| (*k).to_owned()).collect(),
+                    pod_annotations: part.annotations.keys().map(|k| (*k).to_owned()).collect(),
+                    share_process_namespace: part.share_process_namespace.is_some(),
+                },
+            })
+            .collect();
+        InjectionRecord {
+            policies,
+            legacy: None,
+        }
+    }
+
+    /// The names of all init containers once injected into a template with `owner`'s.
+    pub(crate) fn init_order(&self, owner: &PodFacts) -> Vec<String> {
+        let names = |placement| self.containers(placement).map(|(c, _)| c.name.clone());
+        names(Placement::BeforeAppInitContainers)
+            .chain(owner.init_containers.iter().map(|c| c.name.clone()))
+            .chain(names(Placement::AfterAppInitContainers))
+            .collect()
+    }
+
+    /// Adds the injection to `template` (the owner's template, with nothing injected, whose
+    /// facts were given to [`plan`]).
+    pub(crate) fn apply(&self, template: &mut PodTemplateSpec) {
+        let labels: BTreeMap<&str, &str> = self.parts.iter().flat_map(|p| p.labels.clone()).collect();
+        let annotations: BTreeMap<&str, &str> =
+            self.parts.iter().flat_map(|p| p.annotations.clone()).collect();
+        if !labels.is_empty() || !annotations.is_empty() {
             let metadata = template.metadata.get_or_insert_default();
-            record.pod_labels = self.labels.keys().map(|k| (*k).to_owned()).collect();
-            record.pod_annotations = self.annotations.keys().map(|k| (*k).to_owned()).collect();
-            extend_map(&mut metadata.labels, &self.labels);
-            extend_map(&mut metadata.annotations, &self.annotations);
+            extend_map(&mut metadata.labels, &labels);
+            extend_map(&mut metadata.annotations, &annotations);
         }
         let pod = template.spec.get_or_insert_default();
-        if let Some(share) = self.share_process_namespace {
+        if let Some(share) = self.parts.iter().find_map(|p| p.share_process_namespace) {
             pod.share_process_namespace = Some(share);
-            record.share_process_namespace = true;
         }
-        let injected = self.before.iter().chain(&self.after);
-        record.init_containers = injected.map(|(c, _)| c.name.clone()).collect();
-        if !self.before.is_empty() || !self.after.is_empty() {
+        let before: Vec<_> = self.containers(Placement::BeforeAppInitContainers).collect();
+        let after: Vec<_> = self.containers(Placement::AfterAppInitContainers).collect();
+        if !before.is_empty() || !after.is_empty() {
             let own = pod.init_containers.take().unwrap_or_default();
-            let mut all = Vec::with_capacity(self.before.len() + own.len() + self.after.len());
-            all.extend(self.before.iter().map(|(c, sidecar)| as_injected(c, *sidecar)));
+            let mut all = Vec::with_capacity(before.len() + own.len() + after.len());
+            all.extend(before.iter().map(|(c, sidecar)| as_injected(c, *sidecar)));
             all.extend(own);
-            all.extend(self.after.iter().map(|(c, sidecar)| as_injected(c, *sidecar)));
+            all.extend(after.iter().map(|(c, sidecar)| as_injected(c, *sidecar)));
             pod.init_containers = Some(all);
         }
-        record.volumes = self.volumes.iter().map(|v| v.name.clone()).collect();
-        extend_list(&mut pod.volumes, &self.volumes);
+        let volumes: Vec<&Volume> = self
+            .parts
+            .iter()
+            .flat_map(|p| p.volumes.iter().copied())
+            .collect();
+        extend_list(&mut pod.volumes, &volumes);
         for (i, container) in pod.containers.iter_mut().enumerate() {
-            if let Some(mounts) = self.mounts.get(&i) {
-                let paths = mounts.iter().map(|m| m.mount_path.clone());
-                record.mounts.insert(container.name.clone(), paths.collect());
-                extend_list(&mut container.volume_mounts, mounts);
-            }
-            if let Some(env) = self.env.get(&i) {
-                record.env.insert(
-                    container.name.clone(),
-                    env.iter().map(|e| e.name.clone()).collect(),
-                );
-                extend_list(&mut container.env, env);
-            }
+            let mounts: Vec<&VolumeMount> = self
+                .parts
+                .iter()
+                .flat_map(|p| p.mounts.get(&i).into_iter().flatten().copied())
+                .collect();
+            extend_list(&mut container.volume_mounts, &mounts);
+            let env: Vec<&EnvVar> = self
+                .parts
+                .iter()
+                .flat_map(|p| p.env.get(&i).into_iter().flatten().copied())
+                .collect();
+            extend_list(&mut container.env, &env);
         }
-        record
     }
+
+    /// The server-side apply configuration of this injection into Deployment `name` in
+    /// `namespace`, whose owner's template is `owner`, recorded as `record`: exactly what
+    /// `apply_patch` makes of the rendered Deployment, without rendering it.
+    pub(crate) fn patch(
+        &self,
+        name: &str,
+        namespace: &str,
+        owner: &PodFacts,
+        record: &InjectionRecord,
+    ) -> Value {
+        let mut metadata = json!({"name": name, "namespace": namespace});
+        let mut patch = json!({"apiVersion": "apps/v1", "kind": "Deployment"});
+        if record.is_empty() {
+            patch["metadata"] = metadata;
+            return patch;
+        }
+        metadata["annotations"] = json!({ INJECTED_ANNOTATION: record.to_annotation() });
+        patch["metadata"] = metadata;
+
+        let mut template = Map::new();
+        let mut pod_metadata = Map::new();
+        let labels = strings(self.parts.iter().flat_map(|p| p.labels.iter()));
+        if !labels.is_empty() {
+            pod_metadata.insert("labels".into(), Value::Object(labels));
+        }
+        let annotations = strings(self.parts.iter().flat_map(|p| p.annotations.iter()));
+        if !annotations.is_empty() {
+            pod_metadata.insert("annotations".into(), Value::Object(annotations));
+        }
+        if !pod_metadata.is_empty() {
+            template.insert("metadata".into(), Value::Object(pod_metadata));
+        }
+
+        let mut pod = Map::new();
+        let init: Vec<Value> = self
+            .containers(Placement::BeforeAppInitContainers)
+            .chain(self.containers(Placement::AfterAppInitContainers))
+            .map(|(c, sidecar)| {
+                let mut value = to_value(*c);
+                if *sidecar {
+                    value["restartPolicy"] = json!(SIDECAR_RESTART_POLICY);
+                }
+                value
+            })
+            .collect();
+        if !init.is_empty() {
+            pod.insert("initContainers".into(), Value::Array(init));
+        }
+        let containers: Vec<Value> = owner
+            .containers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let mounts: Vec<Value> = self
+                    .parts
+                    .iter()
+                    .flat_map(|p| p.mounts.get(&i).into_iter().flatten())
+                    .map(|m| to_value(*m))
+                    .collect();
+                let env: Vec<Value> = self
+                    .parts
+                    .iter()
+                    .flat_map(|p| p.env.get(&i).into_iter().flatten())
+                    .map(|e| to_value(*e))
+                    .collect();
+                if mounts.is_empty() && env.is_empty() {
+                    return None;
+                }
+                let mut entry = json!({"name": c.name});
+                if !mounts.is_empty() {
+                    entry["volumeMounts"] = Value::Array(mounts);
+                }
+                if !env.is_empty() {
+                    entry["env"] = Value::Array(env);
+                }
+                Some(entry)
+            })
+            .collect();
+        if !containers.is_empty() {
+            pod.insert("containers".into(), Value::Array(containers));
+        }
+        let volumes: Vec<Value> = self
+            .parts
+            .iter()
+            .flat_map(|p| &p.volumes)
+            .map(|v| to_value(*v))
+            .collect();
+        if !volumes.is_empty() {
+            pod.insert("volumes".into(), Value::Array(volumes));
+        }
+        if let Some(share) = self.parts.iter().find_map(|p| p.share_process_namespace) {
+            pod.insert("shareProcessNamespace".into(), json!(share));
+        }
+        if !pod.is_empty() {
+            template.insert("spec".into(), Value::Object(pod));
+        }
+        if !template.is_empty() {
+            patch["spec"] = json!({ "template": Value::Object(template) });
+        }
+        patch
+    }
+}
+
+fn strings<'a>(entries: impl Iterator<Item = (&'a &'a str, &'a &'a str)>) -> Map<String, Value> {
+    entries
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect()
 }
 
 /// The container as injected: sidecars get the restart policy that makes them native sidecars.
@@ -100,25 +269,23 @@ fn as_injected(container: &Container, sidecar: bool) -> Container {
     injected
 }
 
-/// Plans the injection of `policies` (sorted and validated) into `template`, the owner's pod
-/// template of Deployment `deployment`.
+/// Plans the injection of `policies` (sorted and validated, each with its revision) into the
+/// pod template of Deployment `deployment`, whose owner's part is `pod`.
 pub(crate) fn plan<'p>(
     deployment: &str,
-    template: &PodTemplateSpec,
-    policies: &[&'p SidecarPolicy],
+    pod: &PodFacts,
+    policies: &[(&'p SidecarPolicy, &'p str)],
 ) -> (Result<Injection<'p>, Vec<Problem>>, Vec<Warning>) {
-    let no_pod = PodSpec::default();
-    let pod = template.spec.as_ref().unwrap_or(&no_pod);
     let mut planner = Planner {
         deployment,
         pod,
-        claims: Claims::of_deployment(template, pod),
+        claims: Claims::of_deployment(pod),
         injection: Injection::default(),
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    for policy in policies {
-        planner.add_policy(policy);
+    for (policy, revision) in policies {
+        planner.add_policy(policy, revision);
     }
     let Planner {
         injection,
@@ -172,51 +339,49 @@ const CONTAINERS: &str = "spec.template.spec.containers";
 const INIT_CONTAINERS: &str = "spec.template.spec.initContainers";
 
 impl<'a> Claims<'a> {
-    fn of_deployment(template: &'a PodTemplateSpec, pod: &'a PodSpec) -> Self {
+    fn of_deployment(pod: &'a PodFacts) -> Self {
         let mut claims = Claims::default();
         let owner = Holder::Deployment;
         for (i, c) in pod.containers.iter().enumerate() {
             let site = Site::item(CONTAINERS, i);
             claims.containers.insert(&c.name, owner(site));
-            claims.claim_ports(c, site);
-            for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+            claims.claim_ports(&c.ports, site);
+            for (j, path) in c.mount_paths.iter().enumerate() {
                 claims
                     .mounts
-                    .insert((i, &m.mount_path), owner(site.nested(".volumeMounts", j)));
+                    .insert((i, path), owner(site.nested(".volumeMounts", j)));
             }
-            for (j, e) in c.env.iter().flatten().enumerate() {
-                claims.env.insert((i, &e.name), owner(site.nested(".env", j)));
+            for (j, name) in c.env.iter().enumerate() {
+                claims.env.insert((i, name), owner(site.nested(".env", j)));
             }
         }
-        for (i, c) in pod.init_containers.iter().flatten().enumerate() {
+        for (i, c) in pod.init_containers.iter().enumerate() {
             let site = Site::item(INIT_CONTAINERS, i);
             claims.containers.insert(&c.name, owner(site));
-            if c.restart_policy.as_deref() == Some(SIDECAR_RESTART_POLICY) {
-                claims.claim_ports(c, site); // the owner's own sidecars run beside the app
+            if c.sidecar {
+                claims.claim_ports(&c.ports, site); // the owner's own sidecars run beside the app
             }
         }
-        for (i, c) in pod.ephemeral_containers.iter().flatten().enumerate() {
+        for (i, name) in pod.ephemeral_containers.iter().enumerate() {
             claims.containers.insert(
-                &c.name,
+                name,
                 owner(Site::item("spec.template.spec.ephemeralContainers", i)),
             );
         }
-        for (i, v) in pod.volumes.iter().flatten().enumerate() {
+        for (i, name) in pod.volumes.iter().enumerate() {
             claims
                 .volumes
-                .insert(&v.name, owner(Site::item("spec.template.spec.volumes", i)));
+                .insert(name, owner(Site::item("spec.template.spec.volumes", i)));
         }
-        if let Some(metadata) = &template.metadata {
-            for (k, v) in metadata.labels.iter().flatten() {
-                claims
-                    .labels
-                    .insert(k, (v, owner(Site::key("spec.template.metadata.labels", k))));
-            }
-            for (k, v) in metadata.annotations.iter().flatten() {
-                claims
-                    .annotations
-                    .insert(k, (v, owner(Site::key("spec.template.metadata.annotations", k))));
-            }
+        for (k, v) in &pod.labels {
+            claims
+                .labels
+                .insert(k, (v, owner(Site::key("spec.template.metadata.labels", k))));
+        }
+        for (k, v) in &pod.annotations {
+            claims
+                .annotations
+                .insert(k, (v, owner(Site::key("spec.template.metadata.annotations", k))));
         }
         claims.share_process_namespace = pod
             .share_process_namespace
@@ -224,10 +389,10 @@ impl<'a> Claims<'a> {
         claims
     }
 
-    fn claim_ports(&mut self, container: &'a Container, site: Site<'a>) {
-        for (j, port) in container.ports.iter().flatten().enumerate() {
+    fn claim_ports(&mut self, ports: &'a [Port], site: Site<'a>) {
+        for (j, port) in ports.iter().enumerate() {
             self.ports
-                .entry(port_key(port.container_port, port.protocol.as_deref()))
+                .entry((port.number, port.protocol.as_str()))
                 .or_insert(Holder::Deployment(site.nested(".ports", j)));
         }
     }
@@ -241,7 +406,7 @@ fn port_key(port: i32, protocol: Option<&str>) -> (i32, &str) {
 /// `'p`: the policies, which the injection borrows.
 struct Planner<'a, 'p> {
     deployment: &'a str,
-    pod: &'a PodSpec,
+    pod: &'a PodFacts,
     claims: Claims<'a>,
     injection: Injection<'p>,
     problems: Vec<Problem>,
@@ -249,24 +414,32 @@ struct Planner<'a, 'p> {
 }
 
 impl<'a, 'p: 'a> Planner<'a, 'p> {
-    fn add_policy(&mut self, policy: &'p SidecarPolicy) {
+    fn add_policy(&mut self, policy: &'p SidecarPolicy, revision: &'p str) {
         let name = policy.metadata.name.as_deref().unwrap_or_default();
         let spec = &policy.spec;
-        self.injection.policies.push(name);
+        self.injection.parts.push(Part {
+            name,
+            revision,
+            placement: spec.placement,
+            containers: Vec::new(),
+            volumes: Vec::new(),
+            mounts: BTreeMap::new(),
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            share_process_namespace: None,
+        });
 
         // Volumes a container of this policy may mount: the policy's own and the Deployment's.
         let known_volumes = KnownVolumes {
             policy: &spec.volumes,
-            deployment: self.pod.volumes.as_deref(),
+            deployment: &self.pod.volumes,
         };
 
         for (site, container) in containers(policy) {
             let is_sidecar = site.is_in(SIDECARS);
             self.claim_container(name, site, container, is_sidecar, &known_volumes);
-            match spec.placement {
-                Placement::BeforeAppInitContainers => self.injection.before.push((container, is_sidecar)),
-                Placement::AfterAppInitContainers => self.injection.after.push((container, is_sidecar)),
-            }
+            self.part().containers.push((container, is_sidecar));
         }
 
         for (i, volume) in spec.volumes.iter().enumerate() {
@@ -283,7 +456,7 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
                 );
                 self.conflict(name, site, message);
             }
-            self.injection.volumes.push(volume);
+            self.part().volumes.push(volume);
         }
 
         for (i, patch) in spec.app_containers.iter().enumerate() {
@@ -295,13 +468,13 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
 
         if let Some(pod) = &spec.pod {
             for (key, value) in &pod.labels {
-                if self.claim_key(Map::Labels, name, key, value) {
-                    self.injection.labels.insert(key, value);
+                if self.claim_key(PodMap::Labels, name, key, value) {
+                    self.part().labels.insert(key, value);
                 }
             }
             for (key, value) in &pod.annotations {
-                if self.claim_key(Map::Annotations, name, key, value) {
-                    self.injection.annotations.insert(key, value);
+                if self.claim_key(PodMap::Annotations, name, key, value) {
+                    self.part().annotations.insert(key, value);
                 }
             }
             if let Some(share) = pod.share_process_namespace {
@@ -379,7 +552,7 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
                 );
                 self.conflict(policy, path_site, message);
             }
-            self.injection.mounts.entry(target).or_default().push(mount);
+            self.part().mounts.entry(target).or_default().push(mount);
         }
         for (j, env) in patch.env.iter().enumerate() {
             let env_site = site.nested(".env", j).leaf(".name");
@@ -392,7 +565,7 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
                 );
                 self.conflict(policy, env_site, message);
             }
-            self.injection.env.entry(target).or_default().push(env);
+            self.part().env.entry(target).or_default().push(env);
         }
     }
 
@@ -432,11 +605,11 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
     /// Claims a pod label or annotation. The same value as an existing one is satisfied already
     /// (and not recorded, so removal leaves the owner's value alone); another value is a conflict.
     /// Returns whether the key must be injected.
-    fn claim_key(&mut self, map: Map, policy: &'a str, key: &'p str, value: &'p str) -> bool {
+    fn claim_key(&mut self, map: PodMap, policy: &'a str, key: &'p str, value: &'p str) -> bool {
         let site = Site::key(map.policy_field(), key);
         let claims = match map {
-            Map::Labels => &mut self.claims.labels,
-            Map::Annotations => &mut self.claims.annotations,
+            PodMap::Labels => &mut self.claims.labels,
+            PodMap::Annotations => &mut self.claims.annotations,
         };
         let message = match claims.get(key) {
             None => {
@@ -459,7 +632,7 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
         match self.claims.share_process_namespace {
             None => {
                 self.claims.share_process_namespace = Some((share, Holder::Policy(policy, site)));
-                self.injection.share_process_namespace = Some(share);
+                self.part().share_process_namespace = Some(share);
             }
             Some((existing, _)) if existing == share => {}
             Some((existing, holder)) => {
@@ -470,6 +643,13 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
                 self.conflict(policy, site, message);
             }
         }
+    }
+
+    /// The part of the policy being added.
+    fn part(&mut self) -> &mut Part<'p> {
+        let parts = &mut self.injection.parts;
+        let last = parts.len() - 1; // add_policy pushes the part before anything uses it
+        &mut parts[last]
     }
 
     fn named(&self, holder: Holder<'a>) -> Named<'a> {
@@ -489,36 +669,33 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
 /// The volumes a policy's containers may mount. A handful each: a scan beats building a set.
 struct KnownVolumes<'v> {
     policy: &'v [Volume],
-    deployment: Option<&'v [Volume]>,
+    deployment: &'v [String],
 }
 
 impl KnownVolumes<'_> {
     fn contains(&self, name: &str) -> bool {
-        self.policy
-            .iter()
-            .chain(self.deployment.unwrap_or_default())
-            .any(|v| v.name == name)
+        self.policy.iter().any(|v| v.name == name) || self.deployment.iter().any(|v| v == name)
     }
 }
 
 #[derive(Clone, Copy)]
-enum Map {
+enum PodMap {
     Labels,
     Annotations,
 }
 
-impl Map {
+impl PodMap {
     fn noun(self) -> &'static str {
         match self {
-            Map::Labels => "label",
-            Map::Annotations => "annotation",
+            PodMap::Labels => "label",
+            PodMap::Annotations => "annotation",
         }
     }
 
     fn policy_field(self) -> &'static str {
         match self {
-            Map::Labels => "spec.pod.labels",
-            Map::Annotations => "spec.pod.annotations",
+            PodMap::Labels => "spec.pod.labels",
+            PodMap::Annotations => "spec.pod.annotations",
         }
     }
 }

@@ -8,20 +8,25 @@
 //! then injects what the matching policies ask for, or refuses with every problem it found.
 
 mod apply;
+mod facts;
 mod guardrails;
 mod inject;
+pub mod outcome;
 mod problem;
+pub mod quantity;
 mod record;
 mod render;
+pub mod revision;
 pub mod selector;
 mod site;
 pub mod status;
 mod validate;
 
 pub use apply::{apply_patch, contains, init_container_names, init_container_order, is_up_to_date};
+pub use facts::{AppContainerFacts, DeploymentFacts, InitContainerFacts, PodFacts, Port};
 pub use guardrails::Guardrails;
 pub use problem::{Problem, ProblemKind, Refusal, Warning};
-pub use record::{InjectionRecord, RecordError};
-pub use render::{PolicySet, Rendered, matching_policies, opted_out, render};
+pub use record::{Injected, InjectionRecord, PolicyEntry, RECORD_VERSION, RecordError};
+pub use render::{Plan, PolicySet, Rendered, matching_policies, opted_out, opted_out_meta, render};
 pub use status::{policy_status, supports_native_sidecars, unsupported_server_status};
 pub use validate::ORDER_RANGE;

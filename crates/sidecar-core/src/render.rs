@@ -4,10 +4,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
 
+use crate::facts::{DeploymentFacts, PodFacts};
+use crate::revision;
+
 use crate::guardrails::Guardrails;
-use crate::inject;
+use crate::inject::{self, Injection};
 use crate::problem::{Problem, ProblemKind, Refusal, Warning};
 use crate::record::InjectionRecord;
 use crate::selector;
@@ -26,8 +30,8 @@ pub struct Rendered {
 
 impl Rendered {
     /// Names of the policies applied, in injection order.
-    pub fn applied(&self) -> &[String] {
-        &self.record.policies
+    pub fn applied(&self) -> Vec<&str> {
+        self.record.policy_names().collect()
     }
 
     /// Whether the render changes the Deployment it was given.
@@ -59,26 +63,60 @@ pub fn matching_policies<'a>(
 ) -> Vec<&'a SidecarPolicy> {
     let mut sorted: Vec<&SidecarPolicy> = policies.iter().collect();
     sort(&mut sorted);
-    select(deployment, sorted.into_iter()).0
+    select(&deployment.metadata, sorted.into_iter().map(|p| (p, p))).0
 }
 
-/// Policies prepared for rendering: sorted into injection order, validated and checked against
-/// the guardrails once, however many Deployments are rendered against them.
+/// Policies prepared for rendering: sorted into injection order, validated, checked against
+/// the guardrails and hashed into revisions once, however many Deployments are rendered against
+/// them. It owns its policies, so the controller builds one per namespace and shares it.
 #[derive(Debug)]
-pub struct PolicySet<'a> {
+pub struct PolicySet {
     /// In injection order.
-    policies: Vec<Prepared<'a>>,
+    policies: Vec<Prepared>,
 }
 
 #[derive(Debug)]
-struct Prepared<'a> {
-    policy: &'a SidecarPolicy,
+struct Prepared {
+    policy: SidecarPolicy,
+    revision: String,
     problems: Vec<Problem>,
     warnings: Vec<Warning>,
 }
 
-impl<'a> PolicySet<'a> {
-    pub fn new(policies: &'a [SidecarPolicy], guardrails: &Guardrails) -> Self {
+/// What the controller sends for one Deployment, planned without rendering it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The record the Deployment will carry.
+    pub record: InjectionRecord,
+    /// The names of all init containers, in the order the pod must have them.
+    pub init_order: Vec<String>,
+    /// The server-side apply configuration: only the fields the operator owns.
+    pub patch: serde_json::Value,
+    pub warnings: Vec<Warning>,
+}
+
+impl Plan {
+    /// Whether the stored Deployment described by `facts` already is what this plan asks for: the
+    /// same record (so the same policies at the same revisions), the init containers in the
+    /// planned order, and every field the operator would send (server defaults in the stored
+    /// object are not drift). The controller writes only when this is false.
+    pub fn is_applied(&self, facts: &DeploymentFacts) -> bool {
+        let live = match &facts.record {
+            Ok(record) => record.clone().unwrap_or_default(),
+            Err(_) => return false,
+        };
+        if live != self.record || facts.init_order != self.init_order {
+            return false;
+        }
+        match self.patch.get("spec") {
+            None => true,
+            Some(spec) => crate::apply::contains(&facts.owned_value(), spec),
+        }
+    }
+}
+
+impl PolicySet {
+    pub fn new(policies: &[SidecarPolicy], guardrails: &Guardrails) -> Self {
         let mut sorted: Vec<&SidecarPolicy> = policies.iter().collect();
         sort(&mut sorted);
         let policies = sorted
@@ -88,13 +126,19 @@ impl<'a> PolicySet<'a> {
                 let mut problems = validate::problems(policy, name);
                 problems.extend(guardrails.check(policy, name));
                 Prepared {
-                    policy,
-                    problems,
+                    revision: revision::of(policy),
                     warnings: validate::warnings(policy, name),
+                    problems,
+                    policy: policy.clone(),
                 }
             })
             .collect();
         PolicySet { policies }
+    }
+
+    /// The policies, in injection order.
+    pub fn policies(&self) -> impl Iterator<Item = &SidecarPolicy> {
+        self.policies.iter().map(|p| &p.policy)
     }
 
     /// The problems of a policy on its own (invalid, or refused by the guardrails), which refuse
@@ -108,81 +152,127 @@ impl<'a> PolicySet<'a> {
         self.find(policy).map(|p| &p.warnings[..]).unwrap_or_default()
     }
 
-    fn find(&self, policy: &str) -> Option<&Prepared<'a>> {
+    /// The current revision of a policy (see [`crate::revision`]).
+    pub fn revision(&self, policy: &str) -> Option<&str> {
+        self.find(policy).map(|p| p.revision.as_str())
+    }
+
+    fn find(&self, policy: &str) -> Option<&Prepared> {
         self.policies
             .iter()
             .find(|p| p.policy.metadata.name.as_deref() == Some(policy))
     }
 
     /// The policies that select `deployment`, in injection order (see [`matching_policies`]).
-    pub fn matching(&self, deployment: &Deployment) -> Vec<&'a SidecarPolicy> {
-        select(deployment, self.policies.iter().map(|p| p.policy)).0
+    pub fn matching(&self, deployment: &Deployment) -> Vec<&SidecarPolicy> {
+        self.matching_meta(&deployment.metadata)
+    }
+
+    /// The policies that select the Deployment with `metadata`, in injection order.
+    pub fn matching_meta(&self, metadata: &ObjectMeta) -> Vec<&SidecarPolicy> {
+        self.select(metadata).0.into_iter().map(|p| &p.policy).collect()
+    }
+
+    /// Plans the controller's write for the stored Deployment with `metadata` and `facts`; see
+    /// [`render()`] for what is refused.
+    pub fn plan(&self, metadata: &ObjectMeta, facts: &DeploymentFacts) -> Result<Plan, Refusal> {
+        let name = metadata.name.as_deref().unwrap_or_default();
+        let namespace = metadata.namespace.as_deref().unwrap_or_default();
+        if let Err(e) = &facts.record {
+            return Err(damaged_record(name, e));
+        }
+        let (injection, warnings) = self.injection(metadata, &facts.owner)?;
+        let record = injection.record(&facts.owner);
+        Ok(Plan {
+            patch: injection.patch(name, namespace, &facts.owner, &record),
+            init_order: injection.init_order(&facts.owner),
+            record,
+            warnings,
+        })
     }
 
     /// Renders `deployment`; see [`render()`].
     pub fn render(&self, deployment: &Deployment) -> Result<Rendered, Refusal> {
         let name = deployment.metadata.name.as_deref().unwrap_or_default();
-        let refuse = |mut problems: Vec<Problem>, mut warnings: Vec<Warning>| {
-            problems.sort();
-            problems.dedup();
-            warnings.sort();
-            warnings.dedup();
-            Refusal {
-                deployment: name.to_owned(),
-                problems,
-                warnings,
-            }
-        };
-
         let mut desired = deployment.clone();
         match InjectionRecord::read(deployment) {
             Ok(Some(record)) => record.strip(&mut desired),
             Ok(None) => {}
-            Err(e) => {
-                let field = format!("metadata.annotations[{INJECTED_ANNOTATION:?}]");
-                let problem = Problem {
-                    kind: ProblemKind::Conflict,
-                    policy: String::new(),
-                    field,
-                    message: e.to_string(),
-                };
-                return Err(refuse(vec![problem], Vec::new()));
-            }
+            Err(e) => return Err(damaged_record(name, &e)),
         }
-
-        let (selected, mut problems) = select(deployment, self.policies.iter().map(|p| p.policy));
-        let mut warnings: Vec<Warning> = opt_out_warning(deployment).into_iter().collect();
-        for prepared in self
-            .policies
-            .iter()
-            .filter(|p| selected.iter().any(|s| std::ptr::eq(*s, p.policy)))
-        {
-            problems.extend_from_slice(&prepared.problems);
-            warnings.extend_from_slice(&prepared.warnings);
-        }
-        if !problems.is_empty() {
-            return Err(refuse(problems, warnings));
-        }
-
-        let template = &mut desired.spec.template;
-        let (planned, plan_warnings) = inject::plan(name, template, &selected);
-        warnings.extend(plan_warnings);
-        let mut record = match planned {
-            Ok(injection) => injection.apply(template),
-            Err(conflicts) => return Err(refuse(conflicts, warnings)),
-        };
-        if !record.is_empty() {
-            record.fingerprint = crate::apply::fingerprint(&desired, &record);
-        }
+        let owner = PodFacts::of(&desired.spec.template);
+        let (injection, warnings) = self.injection(&deployment.metadata, &owner)?;
+        let record = injection.record(&owner);
+        injection.apply(&mut desired.spec.template);
         record.write(&mut desired);
-        warnings.sort();
-        warnings.dedup();
         Ok(Rendered {
             deployment: desired,
             record,
             warnings,
         })
     }
+
+    /// The selected policies' injection into the Deployment with `metadata`, whose owner's pod
+    /// template is `owner`, or every problem that refuses it.
+    fn injection(
+        &self,
+        metadata: &ObjectMeta,
+        owner: &PodFacts,
+    ) -> Result<(Injection<'_>, Vec<Warning>), Refusal> {
+        let name = metadata.name.as_deref().unwrap_or_default();
+        let (selected, mut problems) = self.select(metadata);
+        let mut warnings: Vec<Warning> = opt_out_warning(metadata).into_iter().collect();
+        for prepared in &selected {
+            problems.extend_from_slice(&prepared.problems);
+            warnings.extend_from_slice(&prepared.warnings);
+        }
+        if !problems.is_empty() {
+            return Err(refusal(name, problems, warnings));
+        }
+        let policies: Vec<(&SidecarPolicy, &str)> = selected
+            .iter()
+            .map(|p| (&p.policy, p.revision.as_str()))
+            .collect();
+        let (planned, plan_warnings) = inject::plan(name, owner, &policies);
+        warnings.extend(plan_warnings);
+        match planned {
+            Ok(injection) => {
+                warnings.sort();
+                warnings.dedup();
+                Ok((injection, warnings))
+            }
+            Err(conflicts) => Err(refusal(name, conflicts, warnings)),
+        }
+    }
+
+    /// The selecting policies, in injection order, and a problem for each same-namespace policy
+    /// whose selector is invalid.
+    fn select(&self, metadata: &ObjectMeta) -> (Vec<&Prepared>, Vec<Problem>) {
+        let (selected, problems) = select(metadata, self.policies.iter().map(|p| (&p.policy, p)));
+        (selected, problems)
+    }
+}
+
+fn refusal(deployment: &str, mut problems: Vec<Problem>, mut warnings: Vec<Warning>) -> Refusal {
+    problems.sort();
+    problems.dedup();
+    warnings.sort();
+    warnings.dedup();
+    Refusal {
+        deployment: deployment.to_owned(),
+        problems,
+        warnings,
+    }
+}
+
+fn damaged_record(deployment: &str, error: &crate::record::RecordError) -> Refusal {
+    let problem = Problem {
+        kind: ProblemKind::Conflict,
+        policy: String::new(),
+        field: format!("metadata.annotations[{INJECTED_ANNOTATION:?}]"),
+        message: error.to_string(),
+    };
+    refusal(deployment, vec![problem], Vec::new())
 }
 
 fn sort(policies: &mut [&SidecarPolicy]) {
@@ -191,20 +281,24 @@ fn sort(policies: &mut [&SidecarPolicy]) {
 
 /// Whether the Deployment's owner opted out with `sidecar.dev/inject: "false"`.
 pub fn opted_out(deployment: &Deployment) -> bool {
-    inject_annotation(deployment).is_some_and(|v| v.eq_ignore_ascii_case("false"))
+    opted_out_meta(&deployment.metadata)
 }
 
-fn inject_annotation(deployment: &Deployment) -> Option<&str> {
-    deployment
-        .metadata
+/// Whether the Deployment with `metadata` is opted out (see [`opted_out`]).
+pub fn opted_out_meta(metadata: &ObjectMeta) -> bool {
+    inject_annotation(metadata).is_some_and(|v| v.eq_ignore_ascii_case("false"))
+}
+
+fn inject_annotation(metadata: &ObjectMeta) -> Option<&str> {
+    metadata
         .annotations
         .as_ref()?
         .get(INJECT_ANNOTATION)
         .map(String::as_str)
 }
 
-fn opt_out_warning(deployment: &Deployment) -> Option<Warning> {
-    let value = inject_annotation(deployment)?;
+fn opt_out_warning(metadata: &ObjectMeta) -> Option<Warning> {
+    let value = inject_annotation(metadata)?;
     let understood = value.eq_ignore_ascii_case("false") || value.eq_ignore_ascii_case("true");
     (!understood).then(|| Warning {
         policy: String::new(),
@@ -217,21 +311,21 @@ fn opt_out_warning(deployment: &Deployment) -> Option<Warning> {
 
 /// The selecting policies, in the order given, and a problem for each same-namespace policy whose
 /// selector is invalid (it cannot be told whether it selects the Deployment, so the render must
-/// not go on).
-fn select<'a>(
-    deployment: &Deployment,
-    policies: impl Iterator<Item = &'a SidecarPolicy>,
-) -> (Vec<&'a SidecarPolicy>, Vec<Problem>) {
-    if opted_out(deployment) {
+/// not go on). Each policy comes with a companion value that is returned with it.
+fn select<'a, T>(
+    metadata: &ObjectMeta,
+    policies: impl Iterator<Item = (&'a SidecarPolicy, T)>,
+) -> (Vec<T>, Vec<Problem>) {
+    if opted_out_meta(metadata) {
         return (Vec::new(), Vec::new());
     }
     let no_labels = BTreeMap::new();
-    let labels = deployment.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let labels = metadata.labels.as_ref().unwrap_or(&no_labels);
     let mut selected = Vec::new();
     let mut problems = Vec::new();
-    for policy in policies.filter(|p| p.metadata.namespace == deployment.metadata.namespace) {
+    for (policy, companion) in policies.filter(|(p, _)| p.metadata.namespace == metadata.namespace) {
         match selector::matches(&policy.spec.selector, labels) {
-            Ok(true) => selected.push(policy),
+            Ok(true) => selected.push(companion),
             Ok(false) => {}
             Err(e) => problems.push(Problem {
                 kind: ProblemKind::Invalid,

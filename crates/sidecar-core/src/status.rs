@@ -1,4 +1,4 @@
-//! The status of a SidecarPolicy, computed from the Deployments of its namespace.
+//! The status of a SidecarPolicy, from what the Deployments of its namespace say of it.
 //!
 //! Pure: the caller passes the current time and the previous conditions, so that a condition keeps
 //! its `lastTransitionTime` while its status stays the same and an unchanged situation produces
@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
 
 use crate::apply::is_up_to_date;
+use crate::outcome::{Outcome, State, Summary};
 use crate::problem::ProblemKind;
+use crate::record::InjectionRecord;
 use crate::render::PolicySet;
 
 /// Reasons of the `Ready` condition beyond the problem kinds' reasons.
@@ -18,6 +20,10 @@ pub mod reasons {
     pub const NO_MATCH: &str = "NoMatchingDeployments";
     pub const PROGRESSING: &str = "Progressing";
     pub const BLOCKED: &str = "BlockedByOtherPolicy";
+    /// A write failed because another field manager owns a field the operator would set.
+    pub const FIELD_CONFLICT: &str = "FieldConflict";
+    /// A write failed and is being retried.
+    pub const WRITE_FAILED: &str = "WriteFailed";
     pub const UNSUPPORTED_SERVER: &str = "UnsupportedServer";
 }
 
@@ -66,6 +72,7 @@ pub fn unsupported_server_status(
     .collect();
     SidecarPolicyStatus {
         observed_generation: generation,
+        current_revision: previous.and_then(|p| p.current_revision.clone()),
         matched_deployments: previous.map_or(0, |p| p.matched_deployments),
         up_to_date_deployments: previous.map_or(0, |p| p.up_to_date_deployments),
         conditions: list,
@@ -75,62 +82,94 @@ pub fn unsupported_server_status(
 /// Messages name at most this many Deployments, then say how many more.
 const NAMED: usize = 3;
 
-/// The status of `policy` given every Deployment of its namespace. `set` must hold the
-/// namespace's policies (including `policy`).
+/// The status of `policy` computed by rendering every Deployment of its namespace. `set` must
+/// hold the namespace's policies (including `policy`).
+///
+/// This is the reference: the controller aggregates recorded outcomes instead
+/// ([`crate::outcome::OutcomeIndex::summary`] and [`from_summary`]), and a property test holds the two
+/// equal.
 pub fn policy_status(
     policy: &SidecarPolicy,
-    set: &PolicySet<'_>,
+    set: &PolicySet,
     deployments: &[&Deployment],
     previous: Option<&SidecarPolicyStatus>,
     now: &Time,
 ) -> SidecarPolicyStatus {
     let name = policy.metadata.name.as_deref().unwrap_or_default();
-    let generation = policy.metadata.generation;
-    let mut matched = 0;
-    let mut up_to_date = 0;
-    let mut conflicts = Vec::new();
-    let mut blocked = Vec::new();
-    for deployment in deployments {
-        let selects = set
+    let summary = summary_by_rendering(name, set, deployments);
+    from_summary(policy, set, &summary, previous, now)
+}
+
+/// What rendering every one of `deployments` says about policy `name` of `set`.
+pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deployment]) -> Summary {
+    let revision = set.revision(name).unwrap_or_default();
+    let mut sorted: Vec<&Deployment> = deployments.to_vec();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut summary = Summary::default();
+    for deployment in sorted {
+        let selected: Vec<String> = set
             .matching(deployment)
             .iter()
-            .any(|p| p.metadata.name.as_deref() == Some(name));
-        if !selects {
-            continue;
-        }
-        matched += 1;
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let carried = InjectionRecord::read(deployment)
+            .ok()
+            .flatten()
+            .map(|r| r.policies.into_iter().map(|p| (p.name, p.revision)).collect())
+            .unwrap_or_default();
+        let state = match set.render(deployment) {
+            Ok(rendered) if is_up_to_date(deployment, &rendered) => State::Applied,
+            Ok(_) => State::Pending,
+            Err(refusal) => State::Refused(refusal.problems),
+        };
+        let outcome = Outcome {
+            selected,
+            carried,
+            state,
+        };
         let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
-        match set.render(deployment) {
-            Ok(rendered) if is_up_to_date(deployment, &rendered) => up_to_date += 1,
-            Ok(_) => {}
-            Err(refusal) => {
-                let own = refusal
-                    .problems
-                    .iter()
-                    .find(|p| p.policy == name && p.kind == ProblemKind::Conflict);
-                match own {
-                    Some(problem) => conflicts.push(format!(
-                        "Deployment {deployment_name:?}: {}",
-                        problem.field_message()
-                    )),
-                    None => {
-                        if let Some(other) = refusal.problems.iter().find(|p| p.policy != name) {
-                            blocked.push(format!("Deployment {deployment_name:?}: {other}"));
-                        }
-                    }
-                }
-            }
-        }
+        summary.add(name, revision, deployment_name, &outcome);
     }
+    summary
+}
+
+/// The status of `policy` (one of `set`'s) from what the Deployments' outcomes say of it.
+pub fn from_summary(
+    policy: &SidecarPolicy,
+    set: &PolicySet,
+    summary: &Summary,
+    previous: Option<&SidecarPolicyStatus>,
+    now: &Time,
+) -> SidecarPolicyStatus {
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let (matched, up_to_date) = (summary.matched, summary.up_to_date);
 
     let own_problems = set.problems(name);
-    let mut list = Vec::new();
     let invalid = own_problems.first().map(|first| {
         let message = summarise(own_problems.iter().map(|p| p.field_message()).collect());
         (first.kind.reason(), message)
     });
-    let conflict = (!conflicts.is_empty()).then(|| (ProblemKind::Conflict.reason(), summarise(conflicts)));
-    let degraded = (!blocked.is_empty()).then(|| (reasons::BLOCKED, summarise(blocked)));
+    let conflict = if !summary.conflicts.is_empty() {
+        Some((
+            ProblemKind::Conflict.reason(),
+            summarise(summary.conflicts.clone()),
+        ))
+    } else if !summary.field_conflicts.is_empty() {
+        Some((
+            reasons::FIELD_CONFLICT,
+            summarise(summary.field_conflicts.clone()),
+        ))
+    } else {
+        None
+    };
+    let degraded = if !summary.blocked.is_empty() {
+        Some((reasons::BLOCKED, summarise(summary.blocked.clone())))
+    } else if !summary.write_failures.is_empty() {
+        Some((reasons::WRITE_FAILED, summarise(summary.write_failures.clone())))
+    } else {
+        None
+    };
 
     let ready = if let Some((reason, message)) = invalid.as_ref().or(conflict.as_ref()) {
         (false, *reason, message.clone())
@@ -155,15 +194,17 @@ pub fn policy_status(
             format!("{up_to_date} of {matched} matched Deployments carry this policy"),
         )
     };
-    // kstatus' pair, read from Ready: not ready only for lack of time is Reconciling; not ready
-    // for any other reason waits on someone's change, which is Stalled.
+    // kstatus' pair, read from Ready: not ready only for lack of time (or a write being retried)
+    // is Reconciling; not ready for any other reason waits on someone's change, which is Stalled.
     let (ready_status, ready_reason, ready_message) = ready;
     let (reconciling, stalled) = match (ready_status, ready_reason) {
         (true, _) => (None, None),
-        (false, reasons::PROGRESSING) => (Some((ready_reason, ready_message.clone())), None),
+        (false, reasons::PROGRESSING | reasons::WRITE_FAILED) => {
+            (Some((ready_reason, ready_message.clone())), None)
+        }
         (false, _) => (None, Some((ready_reason, ready_message.clone()))),
     };
-    list.push(condition(
+    let mut list = vec![condition(
         conditions::READY,
         ready_status,
         ready_reason,
@@ -171,7 +212,7 @@ pub fn policy_status(
         generation,
         previous,
         now,
-    ));
+    )];
     for (kind, entry) in [
         (conditions::INVALID, invalid),
         (conditions::CONFLICT, conflict),
@@ -186,6 +227,7 @@ pub fn policy_status(
 
     SidecarPolicyStatus {
         observed_generation: generation,
+        current_revision: set.revision(name).map(str::to_owned),
         matched_deployments: matched,
         up_to_date_deployments: up_to_date,
         conditions: list,

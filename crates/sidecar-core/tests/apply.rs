@@ -165,3 +165,23 @@ fn an_untouched_deployment_without_policies_is_up_to_date() {
         "removal is a change"
     );
 }
+
+#[test]
+fn quantities_are_compared_by_amount() {
+    use sidecar_core::contains;
+    let live = json!({"resources": {"requests": {"cpu": "100m", "memory": "1Gi"}, "limits": {"cpu": "1"}},
+                      "emptyDir": {"sizeLimit": "1Gi"}, "args": ["0.1"]});
+    assert!(contains(
+        &live,
+        &json!({"resources": {"requests": {"cpu": "0.1", "memory": "1024Mi"}, "limits": {"cpu": "1000m"}}})
+    ));
+    assert!(contains(&live, &json!({"emptyDir": {"sizeLimit": "1024Mi"}})));
+    assert!(!contains(
+        &live,
+        &json!({"resources": {"requests": {"cpu": "0.2"}}})
+    ));
+    assert!(
+        !contains(&live, &json!({"args": ["100m"]})),
+        "only resource quantities are amounts"
+    );
+}

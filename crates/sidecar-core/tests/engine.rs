@@ -21,8 +21,17 @@ fn sidecar_is_injected_as_native_sidecar_with_a_record() {
     assert_eq!(sidecar.image.as_deref(), Some("busybox:1.36"));
     assert_eq!(r.applied(), ["shipper"]);
     let record = InjectionRecord::read(&r.deployment).unwrap().unwrap();
-    assert_eq!(record.init_containers.iter().collect::<Vec<_>>(), vec!["shipper"]);
-    assert_eq!(record.policies, vec!["shipper"]);
+    assert_eq!(record.policy_names().collect::<Vec<_>>(), ["shipper"]);
+    let entry = record.entry("shipper").unwrap();
+    assert_eq!(
+        entry.injected.init_containers.iter().collect::<Vec<_>>(),
+        ["shipper"]
+    );
+    assert_eq!(
+        entry.revision,
+        sidecar_core::revision::of(&sidecar_policy("shipper", "shipper")),
+        "the record names the revision it was rendered from"
+    );
     assert!(r.changes(&original));
     // The record lives on the Deployment, not on the pod template: bookkeeping never rolls pods.
     let template_annotations = r
@@ -455,6 +464,7 @@ fn pod_settings_conflict_only_when_different() {
         InjectionRecord::read(&injected)
             .unwrap()
             .unwrap()
+            .injected()
             .pod_labels
             .is_empty()
     );

@@ -1,6 +1,8 @@
 //! Builders shared by the engine's tests. Not every test crate uses every builder.
 #![allow(dead_code)]
 
+pub mod arbitrary;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
 use sidecar_api::SidecarPolicy;

@@ -1,0 +1,209 @@
+//! What the engine needs to know of a Deployment, without the Deployment.
+//!
+//! Planning an injection needs only the names, ports, paths and keys that must stay unique in the
+//! owner's pod template; checking that a stored Deployment already carries a plan needs only
+//! what the operator owns in it. [`DeploymentFacts`] keeps exactly that, so that the controller
+//! can cache thousands of Deployments in a few megabytes (a k8s-openapi `Container` alone is
+//! 2.3 KB before its heap parts) and plan against the cache without cloning a Deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, ContainerPort, PodTemplateSpec};
+use serde_json::Value;
+
+use crate::apply::owned_spec;
+use crate::record::{InjectionRecord, RecordError};
+
+/// Native sidecars are init containers with this restart policy (KEP-753).
+pub(crate) const SIDECAR_RESTART_POLICY: &str = "Always";
+
+/// A container port as the API server keys it: number and protocol (TCP when unset).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Port {
+    pub number: i32,
+    pub protocol: String,
+}
+
+impl Port {
+    fn of(port: &ContainerPort) -> Self {
+        Port {
+            number: port.container_port,
+            protocol: port.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+        }
+    }
+}
+
+/// One of the owner's app containers (`spec.template.spec.containers`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AppContainerFacts {
+    pub name: String,
+    pub ports: Vec<Port>,
+    /// Mount paths, in the container's order.
+    pub mount_paths: Vec<String>,
+    /// Env var names, in the container's order.
+    pub env: Vec<String>,
+}
+
+/// One of the owner's init containers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InitContainerFacts {
+    pub name: String,
+    /// A native sidecar (`restartPolicy: Always`): it runs beside the app, so its ports count.
+    pub sidecar: bool,
+    pub ports: Vec<Port>,
+}
+
+/// The owner's pod template, reduced to what must stay unique in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodFacts {
+    pub containers: Vec<AppContainerFacts>,
+    pub init_containers: Vec<InitContainerFacts>,
+    pub ephemeral_containers: Vec<String>,
+    pub volumes: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub share_process_namespace: Option<bool>,
+}
+
+impl PodFacts {
+    /// The facts of `template` as it is.
+    pub fn of(template: &PodTemplateSpec) -> Self {
+        Self::without(template, &crate::record::Injected::default())
+    }
+
+    /// The facts of `template` without what `injected` lists: the owner's part of it.
+    fn without(template: &PodTemplateSpec, injected: &crate::record::Injected) -> Self {
+        let metadata = template.metadata.as_ref();
+        let without_keys = |map: Option<&BTreeMap<String, String>>,
+                            keys: &std::collections::BTreeSet<String>| {
+            map.into_iter()
+                .flatten()
+                .filter(|(k, _)| !keys.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let mut facts = PodFacts {
+            labels: without_keys(metadata.and_then(|m| m.labels.as_ref()), &injected.pod_labels),
+            annotations: without_keys(
+                metadata.and_then(|m| m.annotations.as_ref()),
+                &injected.pod_annotations,
+            ),
+            ..PodFacts::default()
+        };
+        let Some(pod) = &template.spec else {
+            return facts;
+        };
+        facts.containers = pod
+            .containers
+            .iter()
+            .map(|c| {
+                let paths = injected.mounts.get(&c.name);
+                let names = injected.env.get(&c.name);
+                AppContainerFacts {
+                    name: c.name.clone(),
+                    ports: ports(c),
+                    mount_paths: c
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .filter(|m| !paths.is_some_and(|p| p.contains(&m.mount_path)))
+                        .map(|m| m.mount_path.clone())
+                        .collect(),
+                    env: c
+                        .env
+                        .iter()
+                        .flatten()
+                        .filter(|e| !names.is_some_and(|n| n.contains(&e.name)))
+                        .map(|e| e.name.clone())
+                        .collect(),
+                }
+            })
+            .collect();
+        facts.init_containers = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| !injected.init_containers.contains(&c.name))
+            .map(|c| InitContainerFacts {
+                name: c.name.clone(),
+                sidecar: c.restart_policy.as_deref() == Some(SIDECAR_RESTART_POLICY),
+                ports: ports(c),
+            })
+            .collect();
+        facts.ephemeral_containers = pod
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        facts.volumes = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| !injected.volumes.contains(&v.name))
+            .map(|v| v.name.clone())
+            .collect();
+        facts.share_process_namespace = pod
+            .share_process_namespace
+            .filter(|_| !injected.share_process_namespace);
+        facts
+    }
+}
+
+fn ports(container: &Container) -> Vec<Port> {
+    container.ports.iter().flatten().map(Port::of).collect()
+}
+
+/// What the engine needs of a stored Deployment: its record, the owner's part of its pod
+/// template, and what the operator owns in it as the API server stored it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeploymentFacts {
+    /// The `sidecar.dev/injected` record, if there is one.
+    pub record: Result<Option<InjectionRecord>, RecordError>,
+    /// The pod template without what the record lists. Meaningless if the record is unreadable.
+    pub owner: PodFacts,
+    /// The names of all init containers, in the stored order.
+    pub init_order: Vec<String>,
+    /// The fields the record says the operator owns, as stored (server defaults included): the
+    /// `spec` of the apply configuration that would own exactly them, as compact JSON. Empty
+    /// without a record. Kept as text: it is read only to check a plan, and text is the
+    /// smallest form to cache.
+    pub owned: Box<str>,
+}
+
+impl DeploymentFacts {
+    /// The facts of `deployment`.
+    pub fn of(deployment: &Deployment) -> Self {
+        let record = InjectionRecord::read(deployment);
+        let template = &deployment.spec.template;
+        let injected = match &record {
+            Ok(Some(record)) => record.injected(),
+            _ => crate::record::Injected::default(),
+        };
+        let owned = match &record {
+            Ok(Some(_)) => owned_spec(template, &injected)
+                .map(|spec| spec.to_string())
+                .unwrap_or_default()
+                .into_boxed_str(),
+            _ => Box::default(),
+        };
+        DeploymentFacts {
+            owner: PodFacts::without(template, &injected),
+            init_order: crate::apply::init_container_names(deployment)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            owned,
+            record,
+        }
+    }
+
+    /// The stored owned fields, parsed (`Value::Null` when there are none).
+    pub(crate) fn owned_value(&self) -> Value {
+        if self.owned.is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&self.owned).unwrap_or(Value::Null)
+    }
+}

@@ -1,0 +1,161 @@
+//! The controller's path (plan from the compact facts, check against the stored owned fields,
+//! aggregate recorded outcomes into status) against the offline path (render the full
+//! Deployment, compare it, render every Deployment for status): the same answers, always.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
+
+mod common;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use proptest::prelude::*;
+use sidecar_api::SidecarPolicy;
+use sidecar_core::outcome::{Outcome, OutcomeIndex, State};
+use sidecar_core::status::{from_summary, summary_by_rendering};
+use sidecar_core::{
+    DeploymentFacts, Guardrails, PolicySet, apply_patch, init_container_order, is_up_to_date,
+};
+
+use common::arbitrary::{deployment, fleet, policies, with_server_defaults};
+
+/// What the controller records after looking at `d` without writing.
+fn observed(set: &PolicySet, d: &Deployment) -> Outcome {
+    let facts = DeploymentFacts::of(d);
+    let selected = set
+        .matching_meta(&d.metadata)
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let carried = match &facts.record {
+        Ok(Some(record)) => record
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.revision.clone()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let state = match set.plan(&d.metadata, &facts) {
+        Ok(plan) if plan.is_applied(&facts) => State::Applied,
+        Ok(_) => State::Pending,
+        Err(refusal) => State::Refused(refusal.problems),
+    };
+    Outcome {
+        selected,
+        carried,
+        state,
+    }
+}
+
+fn check_plan_equals_render(set: &PolicySet, d: &Deployment) -> Result<(), TestCaseError> {
+    let facts = DeploymentFacts::of(d);
+    match (set.plan(&d.metadata, &facts), set.render(d)) {
+        (Ok(plan), Ok(rendered)) => {
+            prop_assert_eq!(&plan.patch, &apply_patch(&rendered));
+            prop_assert_eq!(&plan.record, &rendered.record);
+            prop_assert_eq!(plan.init_order.clone(), init_container_order(&rendered));
+            prop_assert_eq!(&plan.warnings, &rendered.warnings);
+            prop_assert_eq!(plan.is_applied(&facts), is_up_to_date(d, &rendered));
+        }
+        (Err(a), Err(b)) => prop_assert_eq!(a, b),
+        (plan, rendered) => prop_assert!(false, "plan {plan:?} but render {rendered:?}"),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn planning_from_facts_equals_rendering(d in deployment(), ps in policies()) {
+        let set = PolicySet::new(&ps, &Guardrails::default());
+        check_plan_equals_render(&set, &d)?;
+        // And on what a render leaves, as stored: the common case of a controller at rest.
+        if let Ok(rendered) = set.render(&d) {
+            let stored = with_server_defaults(rendered.deployment);
+            check_plan_equals_render(&set, &stored)?;
+            let facts = DeploymentFacts::of(&stored);
+            prop_assert!(set.plan(&stored.metadata, &facts).unwrap().is_applied(&facts));
+            // The same Deployment with its init containers out of order is not up to date.
+            let mut shuffled = stored.clone();
+            let inits = shuffled.spec.template.spec.as_mut().and_then(|p| p.init_containers.as_mut());
+            if let Some(inits) = inits.filter(|i| i.len() > 1) {
+                inits.rotate_left(1);
+                check_plan_equals_render(&set, &shuffled)?;
+                let facts = DeploymentFacts::of(&shuffled);
+                let plan = set.plan(&shuffled.metadata, &facts).unwrap();
+                prop_assert_eq!(plan.is_applied(&facts), plan.init_order == facts.init_order);
+            }
+        }
+    }
+
+    #[test]
+    fn a_narrower_policy_set_plans_like_a_render(d in deployment(), ps in policies(), keep in any::<u8>()) {
+        // Deployments rendered against some policies, then planned against others: the
+        // strip-then-inject path of the facts.
+        let all = PolicySet::new(&ps, &Guardrails::default());
+        if let Ok(rendered) = all.render(&d) {
+            let kept: Vec<SidecarPolicy> = ps.iter().enumerate().filter(|(i, _)| keep & (1 << i) != 0).map(|(_, p)| p.clone()).collect();
+            let some = PolicySet::new(&kept, &Guardrails::default());
+            check_plan_equals_render(&some, &with_server_defaults(rendered.deployment))?;
+        }
+    }
+
+    #[test]
+    fn aggregated_status_equals_rendered_status(
+        (ps, deployments) in policies().prop_flat_map(|ps| (Just(ps.clone()), fleet(ps)))
+    ) {
+        let set = PolicySet::new(&ps, &Guardrails::default());
+        let mut index = OutcomeIndex::default();
+        for d in &deployments {
+            index.record("demo", d.metadata.name.as_deref().unwrap(), observed(&set, d));
+        }
+        let refs: Vec<&Deployment> = deployments.iter().collect();
+        let now = Time(Timestamp::from_second(1_700_000_000).unwrap());
+        for policy in &ps {
+            let name = policy.metadata.name.as_deref().unwrap();
+            let revision = set.revision(name).unwrap();
+            let aggregated = index.summary("demo", name, revision);
+            let rendered = summary_by_rendering(name, &set, &refs);
+            prop_assert_eq!(&aggregated, &rendered);
+            prop_assert_eq!(
+                from_summary(policy, &set, &aggregated, None, &now),
+                sidecar_core::policy_status(policy, &set, &refs, None, &now)
+            );
+        }
+    }
+}
+
+/// The fleet generator must give the status property something to compare: Deployments that are
+/// up to date, pending and refused, under policies that match some and not others.
+#[test]
+fn the_fleet_generator_covers_every_state() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let mut runner = TestRunner::deterministic();
+    let (mut applied, mut pending, mut refused, mut unmatched) = (0, 0, 0, 0);
+    for _ in 0..300 {
+        let ps = policies().new_tree(&mut runner).unwrap().current();
+        let deployments = fleet(ps.clone()).new_tree(&mut runner).unwrap().current();
+        let set = PolicySet::new(&ps, &Guardrails::default());
+        for d in &deployments {
+            let outcome = observed(&set, d);
+            match outcome.state {
+                State::Refused(_) => refused += 1,
+                _ if outcome.selected.is_empty() => unmatched += 1,
+                State::Applied => applied += 1,
+                _ => pending += 1,
+            }
+        }
+    }
+    eprintln!("{applied} applied, {pending} pending, {refused} refused, {unmatched} unmatched");
+    for (what, count) in [
+        ("applied", applied),
+        ("pending", pending),
+        ("refused", refused),
+        ("unmatched", unmatched),
+    ] {
+        assert!(count >= 30, "only {count} {what} Deployments");
+    }
+}
