@@ -55,7 +55,14 @@ async fn start_operator(
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-    let scope = controller::Scope::new(client.clone(), Some(namespace), guardrails, Default::default()).await;
+    let scope = controller::Scope::new(
+        client.clone(),
+        Some(namespace),
+        guardrails,
+        Default::default(),
+        controller::DEFAULT_CONCURRENCY,
+    )
+    .await;
     tokio::spawn(scope.run())
 }
 

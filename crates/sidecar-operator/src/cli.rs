@@ -72,6 +72,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "sidecar-operator")]
     pub leader_election_lease: String,
 
+    /// How many Deployments are reconciled (and written) at once.
+    #[arg(long, value_name = "N", default_value_t = crate::controller::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
     /// Address of the /healthz, /readyz and /metrics endpoint.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,

@@ -7,10 +7,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::reflector::Store;
-use sidecar_core::InjectionRecord;
 
+use crate::controller::{Context, DeploymentView};
 use crate::metrics::Metrics;
 
 /// What the endpoints report on. Clones share their state.
@@ -20,18 +19,17 @@ pub struct Health {
     /// Set once the watch caches are filled and the controllers can reconcile (or while a
     /// replica stands by for leadership).
     pub ready: Arc<AtomicBool>,
-    /// The Deployment caches of every scope, for the `deployments_managed` gauge; empty until the
-    /// controllers start.
-    deployments: Arc<RwLock<Vec<Store<Deployment>>>>,
+    /// The contexts of every scope, for the gauges; empty until the controllers start.
+    scopes: Arc<RwLock<Vec<Arc<Context>>>>,
 }
 
 impl Health {
-    /// Reports on these Deployment caches from now on.
-    pub fn watch(&self, caches: Vec<Store<Deployment>>) {
+    /// Reports on these scopes from now on.
+    pub fn watch(&self, scopes: Vec<Arc<Context>>) {
         *self
-            .deployments
+            .scopes
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = caches;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = scopes;
     }
 }
 
@@ -52,22 +50,15 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(health): State<Health>) -> (StatusCode, String) {
-    let caches = health
-        .deployments
+    let scopes = health
+        .scopes
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
-    let managed = caches
-        .iter()
-        .flat_map(|store| store.state())
-        .filter(|d| {
-            InjectionRecord::read(d)
-                .ok()
-                .flatten()
-                .is_some_and(|r| !r.is_empty())
-        })
-        .count();
+    let managed = scopes.iter().map(|ctx| managed(&ctx.caches.deployments)).sum();
     health.metrics.set_managed(managed);
+    let synced = !scopes.is_empty() && scopes.iter().all(|ctx| ctx.outcomes_synced());
+    health.metrics.set_synced(synced);
     match health.metrics.encode() {
         Ok(text) => (StatusCode::OK, text),
         Err(e) => (
@@ -75,6 +66,15 @@ async fn metrics(State(health): State<Health>) -> (StatusCode, String) {
             format!("cannot encode metrics: {e}"),
         ),
     }
+}
+
+/// How many cached Deployments carry something the operator injected.
+fn managed(deployments: &Store<DeploymentView>) -> usize {
+    deployments
+        .state()
+        .iter()
+        .filter(|d| matches!(&d.facts.record, Ok(Some(record)) if !record.is_empty()))
+        .count()
 }
 
 #[cfg(test)]

@@ -105,9 +105,18 @@ fn run(args: &RunArgs) -> ExitCode {
         };
         let mut scopes = Vec::new();
         for namespace in namespaces {
-            scopes.push(Scope::new(client.clone(), namespace, guardrails.clone(), health.metrics.clone()).await);
+            scopes.push(
+                Scope::new(
+                    client.clone(),
+                    namespace,
+                    guardrails.clone(),
+                    health.metrics.clone(),
+                    args.concurrency,
+                )
+                .await,
+            );
         }
-        health.watch(scopes.iter().map(Scope::deployment_cache).collect());
+        health.watch(scopes.iter().map(Scope::context).collect());
         let caches_filled = futures::future::join_all(scopes.iter().map(Scope::ready));
         let ready = health.ready.clone();
         tokio::spawn(async move {

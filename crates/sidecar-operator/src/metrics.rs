@@ -25,7 +25,7 @@ pub struct FailureLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabel {
-    /// `apply`, `reorder` or `status`.
+    /// `apply`, `reorder`, `status`, `revision` or `event`.
     pub kind: &'static str,
 }
 
@@ -37,6 +37,7 @@ pub struct Metrics {
     duration: Family<ControllerLabel, Histogram>,
     writes: Family<WriteLabel, Counter>,
     managed: Gauge,
+    synced: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,6 +50,7 @@ impl Default for Metrics {
         });
         let writes = Family::<WriteLabel, Counter>::default();
         let managed = Gauge::default();
+        let synced = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -66,8 +68,14 @@ impl Default for Metrics {
             "Deployments that carry injected containers",
             managed.clone(),
         );
+        registry.register(
+            "synced",
+            "1 once every Deployment that existed at start has been reconciled (its status is known)",
+            synced.clone(),
+        );
         Metrics {
             registry,
+            synced,
             reconciles,
             failures,
             duration,
@@ -95,6 +103,10 @@ impl Metrics {
 
     pub fn set_managed(&self, deployments: usize) {
         self.managed.set(i64::try_from(deployments).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_synced(&self, synced: bool) {
+        self.synced.set(i64::from(synced));
     }
 
     /// The OpenMetrics text exposition.

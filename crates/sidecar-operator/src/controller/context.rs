@@ -1,19 +1,20 @@
-//! What every reconcile shares: the client, the policy cache, the guardrails and the event
-//! recorder.
+//! What every reconcile shares: the client, the caches, the prepared policies, the outcome index,
+//! the bookkeeping of writes and failures, and the channels that trigger status reconciles.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::FutureExt;
-use std::sync::{Arc, Mutex};
-
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::core::error_boundary::InvalidObject;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
-use sidecar_api::SidecarPolicy;
+use kube::{Client, Resource};
 use sidecar_core::Guardrails;
+use sidecar_core::outcome::{Outcome, OutcomeIndex};
 
+use super::policy_sets::{NamespacePolicies, PolicySets};
+use super::view::DeploymentView;
 use super::{FIELD_MANAGER, GuardedPolicy};
 use crate::metrics::Metrics;
 
@@ -22,38 +23,106 @@ pub const CACHE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often [`Context::wait_until_filled`] looks at the caches.
 const FILLED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// The caches the controllers read, each filled by one watch.
+#[derive(Clone, Debug)]
+pub struct Caches {
+    pub deployments: Store<DeploymentView>,
+    pub policies: Store<GuardedPolicy>,
+    /// The policies' ControllerRevisions (those labelled `sidecar.dev/policy`).
+    pub revisions: Store<ControllerRevision>,
+}
+
+/// The receiving ends of the triggers the controllers run on.
+#[allow(missing_debug_implementations)] // mpsc receivers have no Debug
+pub struct TriggerStreams {
+    pub deployments: UnboundedReceiver<ObjectRef<DeploymentView>>,
+    pub policies: UnboundedReceiver<ObjectRef<GuardedPolicy>>,
+}
+
+/// Sends reconcile triggers to the two controllers.
+#[derive(Clone, Debug)]
+pub struct Triggers {
+    deployments: UnboundedSender<ObjectRef<DeploymentView>>,
+    policies: UnboundedSender<ObjectRef<GuardedPolicy>>,
+}
+
+impl Triggers {
+    pub fn new() -> (Self, TriggerStreams) {
+        let (deployments, deployment_stream) = unbounded();
+        let (policies, policy_stream) = unbounded();
+        (
+            Triggers {
+                deployments,
+                policies,
+            },
+            TriggerStreams {
+                deployments: deployment_stream,
+                policies: policy_stream,
+            },
+        )
+    }
+
+    pub fn deployment(&self, namespace: &str, name: &str) {
+        // A closed channel means the controller is shutting down: nothing left to trigger.
+        let _ = self
+            .deployments
+            .unbounded_send(ObjectRef::new(name).within(namespace));
+    }
+
+    pub fn policy(&self, namespace: &str, name: &str) {
+        let _ = self
+            .policies
+            .unbounded_send(ObjectRef::new(name).within(namespace));
+    }
+}
+
+/// A Deployment write whose result the cache may not show yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// The resourceVersions that precede the write's result or are its result: the cache showing
+    /// one of them has not seen anything newer than the write.
+    pub resource_versions: Vec<String>,
+    /// A digest of the plan that was written.
+    pub plan: u64,
+}
+
 pub struct Context {
     pub client: Client,
-    /// Every SidecarPolicy the operator watches, kept current by the policy controller's watch.
-    /// A policy that cannot be decoded is kept as an error rather than stalling the watch.
-    pub policies: Store<GuardedPolicy>,
-    /// Every Deployment the operator watches, kept current by the Deployment controller's watch.
-    pub deployments: Store<Deployment>,
+    pub caches: Caches,
     pub guardrails: Guardrails,
     pub recorder: Recorder,
     /// Why the API server cannot run native sidecars, if it cannot: then nothing is written to
     /// Deployments and every policy's status says so.
     pub unsupported_server: Option<String>,
     pub metrics: Arc<Metrics>,
-    /// Consecutive failures per Deployment, for exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<Deployment>, u32>>,
+    pub triggers: Triggers,
+    pub policy_sets: PolicySets,
+    outcomes: Mutex<OutcomeIndex>,
+    written: Mutex<HashMap<ObjectRef<DeploymentView>, Written>>,
+    /// Consecutive failures per object, for exponential backoff.
+    deployment_failures: Mutex<HashMap<ObjectRef<DeploymentView>, u32>>,
+    policy_failures: Mutex<HashMap<ObjectRef<GuardedPolicy>, u32>>,
+    /// Revision writes the revision cache may not show yet, by (namespace, policy, hash): the
+    /// number written, or `None` for a deletion.
+    revisions_written: Mutex<HashMap<(String, String, String), Option<i64>>>,
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("guardrails", &self.guardrails)
+            .field("unsupported_server", &self.unsupported_server)
             .finish_non_exhaustive()
     }
 }
 
+/// Locks `mutex`; a panic elsewhere while it was held leaves plain data, still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Context {
-    pub fn new(
-        client: Client,
-        policies: Store<GuardedPolicy>,
-        deployments: Store<Deployment>,
-        guardrails: Guardrails,
-    ) -> Self {
+    pub fn new(client: Client, caches: Caches, guardrails: Guardrails, triggers: Triggers) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -61,12 +130,17 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            policies,
-            deployments,
+            caches,
             guardrails,
             unsupported_server: None,
             metrics: Arc::default(),
-            failures: Mutex::new(HashMap::new()),
+            triggers,
+            policy_sets: PolicySets::default(),
+            outcomes: Mutex::default(),
+            written: Mutex::default(),
+            deployment_failures: Mutex::default(),
+            policy_failures: Mutex::default(),
+            revisions_written: Mutex::default(),
         }
     }
 
@@ -82,16 +156,16 @@ impl Context {
         self
     }
 
-    /// Whether both caches are filled. Rendering against a cache that is still filling would strip
-    /// sidecars, so a reconcile that finds one unfilled is requeued. It must not wait instead: a
-    /// cache may be filled by the very trigger stream of the controller whose reconcile waits.
+    /// Whether every cache is filled. Rendering against a cache that is still filling would strip
+    /// sidecars, so a reconcile that finds one unfilled is requeued rather than waiting.
     pub fn caches_filled(&self) -> bool {
         let filled = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
-        filled(self.policies.wait_until_ready().now_or_never())
-            && filled(self.deployments.wait_until_ready().now_or_never())
+        filled(self.caches.policies.wait_until_ready().now_or_never())
+            && filled(self.caches.deployments.wait_until_ready().now_or_never())
+            && filled(self.caches.revisions.wait_until_ready().now_or_never())
     }
 
-    /// Resolves once both caches are filled.
+    /// Resolves once every cache is filled.
     ///
     /// It polls [`Context::caches_filled`] rather than awaiting `Store::wait_until_ready`: kube's
     /// readiness future wakes only the task that polled it last, and every `caches_filled` call
@@ -102,44 +176,181 @@ impl Context {
         }
     }
 
-    /// The policies of `namespace`: those that decode, and those that do not.
-    pub fn namespace_policies(&self, namespace: &str) -> NamespacePolicies {
-        let mut policies = NamespacePolicies::default();
-        for guarded in self.policies.state() {
-            if guarded.namespace().as_deref() != Some(namespace) {
-                continue;
-            }
-            match &guarded.0 {
-                Ok(policy) => policies.readable.push(policy.clone()),
-                Err(invalid) => policies.unreadable.push(invalid.clone()),
+    /// The prepared policies of `namespace`.
+    pub fn namespace_policies(&self, namespace: &str) -> Arc<NamespacePolicies> {
+        self.policy_sets
+            .get(namespace, &self.caches.policies, &self.guardrails)
+    }
+
+    /// Records the outcome of a Deployment reconcile and triggers the status of every policy
+    /// whose status it may change. Returns whether the outcome differs from the last one (which
+    /// is when the user hears about it: Events are sent on transitions only).
+    pub fn record_outcome(&self, namespace: &str, name: &str, outcome: Outcome) -> bool {
+        let (changed, touched, synced_now) = {
+            let mut outcomes = lock(&self.outcomes);
+            let was_synced = outcomes.is_synced();
+            let changed = outcomes.get(namespace, name) != Some(&outcome);
+            let touched = outcomes.record(namespace, name, outcome);
+            (changed, touched, !was_synced && outcomes.is_synced())
+        };
+        self.trigger_policies(namespace, &touched);
+        if synced_now {
+            self.trigger_all_policies();
+        }
+        changed
+    }
+
+    /// Forgets a deleted Deployment: its outcome (triggering its policies' status), and the
+    /// bookkeeping of its writes and failures.
+    pub fn forget_deployment(&self, namespace: &str, name: &str) {
+        let key = ObjectRef::new(name).within(namespace);
+        lock(&self.written).remove(&key);
+        lock(&self.deployment_failures).remove(&key);
+        let (touched, synced_now) = {
+            let mut outcomes = lock(&self.outcomes);
+            let was_synced = outcomes.is_synced();
+            let touched = outcomes.forget(namespace, name);
+            (touched, !was_synced && outcomes.is_synced())
+        };
+        self.trigger_policies(namespace, &touched);
+        if synced_now {
+            self.trigger_all_policies();
+        }
+    }
+
+    /// The Deployments listed when the controller started: statuses wait until each has an
+    /// outcome, so that a restart never writes a status computed from a half-filled index.
+    pub fn expect_deployments(&self, deployments: &[Arc<DeploymentView>]) {
+        let synced_now = {
+            let mut outcomes = lock(&self.outcomes);
+            let was_synced = outcomes.is_synced();
+            outcomes.expect(deployments.iter().map(|d| (d.namespace(), d.name())));
+            !was_synced && outcomes.is_synced()
+        };
+        if synced_now {
+            self.trigger_all_policies();
+        }
+    }
+
+    /// Whether every Deployment that existed at start has been reconciled once.
+    pub fn outcomes_synced(&self) -> bool {
+        lock(&self.outcomes).is_synced()
+    }
+
+    /// Read access to the outcome index.
+    pub fn outcomes(&self) -> MutexGuard<'_, OutcomeIndex> {
+        lock(&self.outcomes)
+    }
+
+    fn trigger_policies(&self, namespace: &str, policies: &BTreeSet<String>) {
+        for policy in policies {
+            self.triggers.policy(namespace, policy);
+        }
+    }
+
+    fn trigger_all_policies(&self) {
+        for policy in self.caches.policies.state() {
+            if let (Some(namespace), Some(name)) = (&policy.meta().namespace, &policy.meta().name) {
+                self.triggers.policy(namespace, name);
             }
         }
-        policies
+    }
+
+    /// Whether a write of `plan` to `deployment` is already done and the cache, still showing
+    /// `resource_version`, has not caught up with it.
+    pub(crate) fn written_already(
+        &self,
+        deployment: &ObjectRef<DeploymentView>,
+        resource_version: &str,
+        plan: u64,
+    ) -> bool {
+        lock(&self.written)
+            .get(deployment)
+            .is_some_and(|w| w.plan == plan && w.resource_versions.iter().any(|rv| rv == resource_version))
+    }
+
+    pub(crate) fn wrote(&self, deployment: ObjectRef<DeploymentView>, written: Written) {
+        lock(&self.written).insert(deployment, written);
+    }
+
+    /// The cache caught up with (or moved past) the last write.
+    pub(crate) fn settled(&self, deployment: &ObjectRef<DeploymentView>) {
+        lock(&self.written).remove(deployment);
     }
 
     /// Counts a failure of `deployment` and returns how many in a row it has had.
-    pub(crate) fn failed(&self, deployment: ObjectRef<Deployment>) -> u32 {
-        let mut failures = self
-            .failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = failures.entry(deployment).or_insert(0);
-        *count += 1;
-        *count
+    pub(crate) fn deployment_failed(&self, deployment: ObjectRef<DeploymentView>) -> u32 {
+        count_failure(&self.deployment_failures, deployment)
     }
 
-    pub(crate) fn succeeded(&self, deployment: &ObjectRef<Deployment>) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(deployment);
+    pub(crate) fn deployment_succeeded(&self, deployment: &ObjectRef<DeploymentView>) {
+        lock(&self.deployment_failures).remove(deployment);
+    }
+
+    /// Counts a failure of `policy` and returns how many in a row it has had.
+    pub(crate) fn policy_failed(&self, policy: ObjectRef<GuardedPolicy>) -> u32 {
+        count_failure(&self.policy_failures, policy)
+    }
+
+    pub(crate) fn policy_succeeded(&self, policy: &ObjectRef<GuardedPolicy>) {
+        lock(&self.policy_failures).remove(policy);
+    }
+
+    /// Forgets the bookkeeping of a deleted policy.
+    pub fn forget_policy(&self, namespace: &str, name: &str) {
+        lock(&self.policy_failures).remove(&ObjectRef::new(name).within(namespace));
+        lock(&self.revisions_written).retain(|(ns, policy, _), _| !(ns == namespace && policy == name));
+    }
+
+    /// Remembers a revision write (`None`: a deletion) until the revision cache shows it.
+    pub(crate) fn wrote_revision(&self, namespace: &str, policy: &str, hash: &str, number: Option<i64>) {
+        let key = (namespace.to_owned(), policy.to_owned(), hash.to_owned());
+        lock(&self.revisions_written).insert(key, number);
+    }
+
+    /// Applies the revision writes the cache does not show yet to `stored` (a policy's revisions
+    /// from the cache, by hash: number and content), and forgets those it shows.
+    pub(crate) fn overlay_revisions(
+        &self,
+        namespace: &str,
+        policy: &str,
+        stored: &mut std::collections::BTreeMap<String, (i64, Option<serde_json::Value>)>,
+    ) {
+        lock(&self.revisions_written).retain(|(ns, name, hash), number| {
+            if ns != namespace || name != policy {
+                return true;
+            }
+            match (number, stored.get_mut(hash)) {
+                (None, None) => false,
+                (None, Some(_)) => {
+                    stored.remove(hash);
+                    true
+                }
+                (Some(n), Some((cached, _))) if cached == n => false,
+                (Some(n), Some((cached, _))) => {
+                    *cached = *n;
+                    true
+                }
+                (Some(n), None) => {
+                    stored.insert(hash.clone(), (*n, None));
+                    true
+                }
+            }
+        });
+    }
+
+    /// Test and metrics access to the failure counts: (Deployments, policies) with failures.
+    pub fn failing(&self) -> (usize, usize) {
+        (
+            lock(&self.deployment_failures).len(),
+            lock(&self.policy_failures).len(),
+        )
     }
 }
 
-/// The SidecarPolicies of one namespace.
-#[derive(Debug, Default)]
-pub struct NamespacePolicies {
-    pub readable: Vec<SidecarPolicy>,
-    /// Policies whose stored form does not decode (for example written under an older CRD).
-    pub unreadable: Vec<InvalidObject>,
+fn count_failure<K: std::hash::Hash + Eq>(failures: &Mutex<HashMap<K, u32>>, key: K) -> u32 {
+    let mut failures = lock(failures);
+    let count = failures.entry(key).or_insert(0);
+    *count += 1;
+    *count
 }

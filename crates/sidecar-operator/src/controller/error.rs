@@ -1,4 +1,4 @@
-//! What can go wrong while reconciling a Deployment.
+//! What can go wrong while reconciling, each error naming the object it concerns.
 
 use std::time::Duration;
 
@@ -16,11 +16,36 @@ pub enum Error {
         message: String,
     },
     #[error("writing Deployment {namespace}/{name}: {source}")]
-    Write {
+    WriteDeployment {
         namespace: String,
         name: String,
         #[source]
         source: kube::Error,
+    },
+    #[error("writing the status of SidecarPolicy {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing ControllerRevision {namespace}/{name} of SidecarPolicy {policy}: {source}")]
+    WriteRevision {
+        namespace: String,
+        name: String,
+        policy: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "ControllerRevision {namespace}/{name} holds other content than revision {revision} of SidecarPolicy \
+         {policy} (a hash collision, or an edit by hand); delete it and the operator re-creates it"
+    )]
+    RevisionMismatch {
+        namespace: String,
+        name: String,
+        policy: String,
+        revision: String,
     },
 }
 
@@ -29,19 +54,20 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::FieldConflict { .. } => "field_conflict",
-            Error::Write { .. } => "api",
+            Error::WriteDeployment { .. } | Error::WriteStatus { .. } | Error::WriteRevision { .. } => "api",
+            Error::RevisionMismatch { .. } => "revision_mismatch",
         }
     }
 
-    /// Sorts a failed write into a field conflict (HTTP 409 on apply) or a plain API error.
-    pub(crate) fn from_write(namespace: &str, name: &str, source: kube::Error) -> Self {
+    /// Sorts a failed Deployment apply into a field conflict (HTTP 409) or a plain API error.
+    pub(crate) fn from_deployment_write(namespace: &str, name: &str, source: kube::Error) -> Self {
         match &source {
             kube::Error::Api(status) if status.code == 409 => Error::FieldConflict {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
                 message: status.message.clone(),
             },
-            _ => Error::Write {
+            _ => Error::WriteDeployment {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
                 source,

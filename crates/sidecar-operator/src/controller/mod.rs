@@ -1,159 +1,244 @@
 //! The controllers. Deployments are the reconciled objects; a SidecarPolicy change re-triggers
-//! the Deployments it selects now or was applied to before (the record lists it), so a deleted or
-//! narrowed policy is cleaned up without finalizers. A second controller keeps each policy's
-//! status.
+//! the Deployments it selects now or whose last outcome involves it, so a deleted or narrowed
+//! policy is cleaned up without finalizers. A second controller keeps each policy's revision
+//! history and status, aggregated from the Deployments' recorded outcomes.
+//!
+//! Each kind is watched once (Deployments, SidecarPolicies, and the policies'
+//! ControllerRevisions); both controllers read the same caches. Every watch event goes through
+//! [`dispatch::Dispatch`] after its cache holds it, which decides what it triggers.
 
 mod context;
+mod dispatch;
 mod error;
+mod events;
+mod policy_sets;
 mod reconcile;
+mod revisions;
 mod status;
+mod view;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::api::Api;
 use kube::core::error_boundary::DeserializeGuard;
-use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use sidecar_api::SidecarPolicy;
-use sidecar_core::{Guardrails, InjectionRecord, selector, supports_native_sidecars};
+use sidecar_api::{POLICY_LABEL, SidecarPolicy};
+use sidecar_core::{Guardrails, supports_native_sidecars};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 
-pub use context::{Context, NamespacePolicies};
+pub use context::{CACHE_RETRY, Caches, Context, TriggerStreams, Triggers};
+pub use dispatch::Dispatch;
 pub use error::Error;
+pub use policy_sets::{NamespacePolicies, PolicySets};
 pub use reconcile::{error_policy, reconcile};
-pub use status::{policies_for, reconcile_status, status_error_policy};
+pub use revisions::revision_name;
+pub use status::{reconcile_status, status_error_policy};
+pub use view::DeploymentView;
 
-/// A SidecarPolicy as the watches decode it: one that does not decode is kept as an error
+/// A SidecarPolicy as the watch decodes it: one that does not decode is kept as an error
 /// instead of failing the whole list, so it cannot stall the watch.
 pub type GuardedPolicy = DeserializeGuard<SidecarPolicy>;
 
 /// The field manager of every write, and the Events' reporting controller.
 pub const FIELD_MANAGER: &str = "sidecar-operator";
 
-/// The two controllers for one namespace, or for all.
-///
-/// Each controller reads caches that are filled by the very streams that trigger it: a trigger is
-/// only emitted after the object it carries is in the cache. With a cache filled by another
-/// watch, a reconcile triggered by a new policy could still read the old set of policies, find
-/// nothing to do, and never be triggered again. So each resource is watched twice (once per
-/// controller), which costs a second cache but keeps every reconcile consistent with its trigger.
-#[allow(missing_debug_implementations)] // kube's Controller has no Debug
+/// Default of how many Deployments are reconciled at once.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// The watches and controllers for one namespace, or for all.
+#[allow(missing_debug_implementations)] // kube's reflector writers have no Debug
 pub struct Scope {
-    deployment_controller: Controller<Deployment>,
-    policy_controller: Controller<GuardedPolicy>,
-    deployments: Api<Deployment>,
+    ctx: Arc<Context>,
+    streams: TriggerStreams,
+    apis: Apis,
+    writers: Writers,
+    concurrency: u16,
+}
+
+struct Apis {
+    deployments: Api<DeploymentView>,
     policies: Api<GuardedPolicy>,
-    /// Fills the injecting controller's policy cache from its policy trigger stream.
-    policy_writer: Writer<GuardedPolicy>,
-    /// Fills the status controller's Deployment cache from its Deployment trigger stream.
-    deployment_writer: Writer<Deployment>,
-    injecting: Arc<Context>,
-    reporting: Arc<Context>,
+    revisions: Api<ControllerRevision>,
+}
+
+struct Writers {
+    deployments: reflector::store::Writer<DeploymentView>,
+    policies: reflector::store::Writer<GuardedPolicy>,
+    revisions: reflector::store::Writer<ControllerRevision>,
 }
 
 impl Scope {
-    /// Sets up the controllers for `namespace` (all namespaces when `None`) and checks that the
-    /// API server runs native sidecars.
+    /// Sets up the watches and controllers for `namespace` (all namespaces when `None`) and checks
+    /// that the API server runs native sidecars.
     pub async fn new(
         client: Client,
         namespace: Option<&str>,
         guardrails: Guardrails,
         metrics: Arc<Metrics>,
+        concurrency: u16,
     ) -> Self {
-        let (deployments, policies): (Api<Deployment>, Api<GuardedPolicy>) = match namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
+        let apis = match namespace {
+            Some(ns) => Apis {
+                deployments: Api::namespaced(client.clone(), ns),
+                policies: Api::namespaced(client.clone(), ns),
+                revisions: Api::namespaced(client.clone(), ns),
+            },
+            None => Apis {
+                deployments: Api::all(client.clone()),
+                policies: Api::all(client.clone()),
+                revisions: Api::all(client.clone()),
+            },
         };
         let unsupported_server = check_server(&client).await;
-        let deployment_controller = Controller::new(deployments.clone(), watcher::Config::default());
-        let policy_controller = Controller::new(policies.clone(), watcher::Config::default());
-        let (policy_cache, policy_writer) = reflector::store();
-        let (deployment_cache, deployment_writer) = reflector::store();
-        let context = |policies, deployments| {
-            let ctx = Context::new(client.clone(), policies, deployments, guardrails.clone())
-                .with_unsupported_server(unsupported_server.clone())
-                .with_metrics(metrics.clone());
-            Arc::new(ctx)
-        };
-        let injecting = context(policy_cache, deployment_controller.store());
-        let reporting = context(policy_controller.store(), deployment_cache);
-        Scope {
-            deployment_controller,
-            policy_controller,
+        let (deployments, deployment_writer) = reflector::store();
+        let (policies, policy_writer) = reflector::store();
+        let (revisions, revision_writer) = reflector::store();
+        let caches = Caches {
             deployments,
             policies,
-            policy_writer,
-            deployment_writer,
-            injecting,
-            reporting,
+            revisions,
+        };
+        let (triggers, streams) = Triggers::new();
+        let ctx = Context::new(client, caches, guardrails, triggers)
+            .with_unsupported_server(unsupported_server)
+            .with_metrics(metrics);
+        Scope {
+            ctx: Arc::new(ctx),
+            streams,
+            apis,
+            writers: Writers {
+                deployments: deployment_writer,
+                policies: policy_writer,
+                revisions: revision_writer,
+            },
+            concurrency,
         }
     }
 
     /// The Deployment cache (for the `deployments_managed` metric).
-    pub fn deployment_cache(&self) -> Store<Deployment> {
-        self.injecting.deployments.clone()
+    pub fn deployment_cache(&self) -> Store<DeploymentView> {
+        self.ctx.caches.deployments.clone()
+    }
+
+    /// The shared context (for the metrics endpoint).
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
     }
 
     /// Resolves once every cache is filled.
-    pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (injecting, reporting) = (self.injecting.clone(), self.reporting.clone());
-        async move {
-            injecting.wait_until_filled().await;
-            reporting.wait_until_filled().await;
-        }
+    pub fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        let ctx = self.ctx.clone();
+        async move { ctx.wait_until_filled().await }
     }
 
     /// Runs until SIGTERM or Ctrl-C.
     pub async fn run(self) {
         let Scope {
-            deployment_controller,
-            policy_controller,
-            deployments,
-            policies,
-            policy_writer,
-            deployment_writer,
-            injecting,
-            reporting,
+            ctx,
+            streams,
+            apis,
+            writers,
+            concurrency,
         } = self;
-        let policy_events = watcher(policies, watcher::Config::default())
-            .default_backoff()
-            .reflect(policy_writer)
-            .touched_objects();
-        let deployment_events = watcher(deployments, watcher::Config::default())
-            .default_backoff()
-            .reflect(deployment_writer)
-            .touched_objects();
-        let deployment_store = injecting.deployments.clone();
-        let policy_store = reporting.policies.clone();
-        let injection = deployment_controller
-            .watches_stream(policy_events, move |policy| affected(&deployment_store, &policy))
+        let dispatch = Arc::new(Dispatch::new(ctx.clone()));
+        // The initial lists are served from the API server's watch cache (resourceVersion=0):
+        // cheaper for it, and a restart over thousands of Deployments is ready sooner.
+        let config = watcher::Config::default().any_semantic();
+        let deployment_watch = {
+            let dispatch = dispatch.clone();
+            watcher(apis.deployments, config.clone())
+                .default_backoff()
+                .reflect(writers.deployments)
+                .for_each(move |event| {
+                    match event {
+                        Ok(event) => dispatch.deployment_event(&event),
+                        Err(e) => warn!("Deployment watch: {e}"),
+                    }
+                    futures::future::ready(())
+                })
+        };
+        let policy_watch = {
+            let dispatch = dispatch.clone();
+            watcher(apis.policies, config.clone())
+                .default_backoff()
+                .modify(lean_policy)
+                .reflect(writers.policies)
+                .for_each(move |event| {
+                    match event {
+                        Ok(event) => dispatch.policy_event(&event),
+                        Err(e) => warn!("SidecarPolicy watch: {e}"),
+                    }
+                    futures::future::ready(())
+                })
+        };
+        let revision_watch = {
+            let dispatch = dispatch.clone();
+            watcher(apis.revisions, config.labels(POLICY_LABEL))
+                .default_backoff()
+                .modify(|revision| revision.managed_fields_mut().clear())
+                .reflect(writers.revisions)
+                .for_each(move |event| {
+                    match event {
+                        Ok(event) => dispatch.revision_event(&event),
+                        Err(e) => warn!("ControllerRevision watch: {e}"),
+                    }
+                    futures::future::ready(())
+                })
+        };
+
+        let controller_config = controller::Config::default().concurrency(concurrency);
+        // Every trigger comes from dispatch (`reconcile_on`), none from a stream of objects.
+        let injection =
+            Controller::for_shared_stream(futures::stream::pending(), ctx.caches.deployments.clone())
+                .with_config(controller_config.clone())
+                .reconcile_on(streams.deployments)
+                .shutdown_on_signal()
+                .run(measured_reconcile, error_policy, ctx.clone())
+                .for_each(log_result);
+        let status = Controller::for_shared_stream(futures::stream::pending(), ctx.caches.policies.clone())
+            .with_config(controller_config)
+            .reconcile_on(streams.policies)
             .shutdown_on_signal()
-            .run(measured_reconcile, error_policy, injecting)
+            .run(measured_status, status_error_policy, ctx.clone())
             .for_each(log_result);
-        let status = policy_controller
-            .watches_stream(deployment_events, move |deployment| {
-                policies_for(&policy_store, &deployment)
-            })
-            .shutdown_on_signal()
-            .run(measured_status, status_error_policy, reporting)
-            .for_each(log_result);
-        futures::join!(injection, status);
-        info!("controllers stopped");
+        // The watches never end on their own; the controllers end on a signal.
+        let controllers = async {
+            futures::join!(injection, status);
+        };
+        tokio::select! {
+            () = controllers => info!("controllers stopped"),
+            () = watches(deployment_watch, policy_watch, revision_watch) => error!("a watch ended"),
+        }
     }
 }
 
-async fn measured_reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    measured("deployment", &ctx.clone(), reconcile(deployment, ctx)).await
+async fn watches(a: impl Future<Output = ()>, b: impl Future<Output = ()>, c: impl Future<Output = ()>) {
+    futures::join!(a, b, c);
+}
+
+/// A policy as cached: what the API server's bookkeeping adds is dropped.
+fn lean_policy(policy: &mut GuardedPolicy) {
+    let metadata = match &mut policy.0 {
+        Ok(policy) => &mut policy.metadata,
+        Err(invalid) => &mut invalid.metadata,
+    };
+    metadata.managed_fields = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+async fn measured_reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured("deployment", &ctx.clone(), reconcile(view, ctx)).await
 }
 
 async fn measured_status(policy: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -164,7 +249,7 @@ async fn measured_status(policy: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Resul
 async fn measured(
     controller: &'static str,
     ctx: &Context,
-    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+    reconcile: impl Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
     let start = Instant::now();
     let result = reconcile.await;
@@ -174,12 +259,6 @@ async fn measured(
         result.as_ref().err().map(Error::category),
     );
     result
-}
-
-/// A Deployment's labels, without cloning them (the mappers run for every cached Deployment).
-pub(crate) fn labels(deployment: &Deployment) -> &std::collections::BTreeMap<String, String> {
-    static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    deployment.metadata.labels.as_ref().unwrap_or(&NONE)
 }
 
 /// Native sidecars need Kubernetes >= 1.29. On an older server the operator writes nothing to
@@ -206,29 +285,4 @@ fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future:
         warn!("controller: {e}");
     }
     futures::future::ready(())
-}
-
-/// The Deployments a change to `policy` may affect: those it selects now, and those whose record
-/// says it was applied (it may have been narrowed or deleted since). An unreadable policy affects
-/// every Deployment of its namespace.
-pub fn affected(deployments: &Store<Deployment>, policy: &GuardedPolicy) -> Vec<ObjectRef<Deployment>> {
-    let name = policy.name_any();
-    let namespace = policy.namespace();
-    deployments
-        .state()
-        .iter()
-        .filter(|d| d.namespace() == namespace)
-        .filter(|d| {
-            let Ok(policy) = &policy.0 else {
-                return true; // unreadable: it may select any Deployment of its namespace
-            };
-            let selected = selector::matches(&policy.spec.selector, labels(d)).unwrap_or(false);
-            let recorded = InjectionRecord::read(d)
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.policies.contains(&name));
-            selected || recorded
-        })
-        .map(|d| ObjectRef::from_obj(&**d))
-        .collect()
 }

@@ -1,151 +1,214 @@
-//! One Deployment: render it against its namespace's policies, write only if the stored object
-//! differs, verify the order the server stored, and tell the user what happened.
+//! One Deployment: plan it against its namespace's prepared policies, write only if the stored
+//! object differs, verify the order the server stored, record the outcome, and tell the user
+//! what changed (once: Events go out on transitions only).
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use sidecar_api::SidecarPolicy;
-use sidecar_core::{
-    InjectionRecord, PolicySet, Refusal, Rendered, apply_patch, init_container_names, init_container_order,
-    is_up_to_date,
-};
-use tracing::{info, instrument, warn};
+use sidecar_core::outcome::{Outcome, State};
+use sidecar_core::{InjectionRecord, Plan, Refusal, init_container_names};
+use tracing::{debug, info, instrument, warn};
 
 use super::FIELD_MANAGER;
-use super::context::{CACHE_RETRY, Context, NamespacePolicies};
+use super::context::{CACHE_RETRY, Context, Written};
 use super::error::{Error, backoff};
+use super::events::publish;
+use super::view::DeploymentView;
 
-/// Events carry at most this much text (the API server limits notes to 1 kB).
-const NOTE_LIMIT: usize = 1000;
-
-#[instrument(skip_all, fields(deployment = %deployment.name_any(), namespace = deployment.namespace().unwrap_or_default()))]
-pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[instrument(skip_all, fields(deployment = %view.name(), namespace = %view.namespace()))]
+pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ctx.unsupported_server.is_some() {
         return Ok(Action::await_change()); // every policy's status says why
     }
-    // Rendering against a cache that is still filling would strip every sidecar.
+    // Planning against a cache that is still filling would strip every sidecar.
     if !ctx.caches_filled() {
         return Ok(Action::requeue(CACHE_RETRY));
     }
-    let namespace = deployment.namespace().unwrap_or_default();
-    let NamespacePolicies {
-        readable: policies,
-        unreadable,
-    } = ctx.namespace_policies(&namespace);
-    if let Some(invalid) = unreadable.first() {
-        // It may select this Deployment, or have injected into it: rendering without it could
+    let key = ObjectRef::from_obj(&*view);
+    let (namespace, name) = (view.namespace(), view.name());
+    let policies = ctx.namespace_policies(namespace);
+    let selected: Vec<String> = policies
+        .set
+        .matching_meta(&view.metadata)
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let outcome = |state| Outcome {
+        selected: selected.clone(),
+        carried: carried(&view),
+        state,
+    };
+
+    if let Some(invalid) = policies.unreadable.first() {
+        // It may select this Deployment, or have injected into it: planning without it could
         // strip what it asked for. Leave the Deployment as it is until the policy is fixed.
-        let name = invalid.metadata.name.clone().unwrap_or_default();
-        warn!(policy = %name, "SidecarPolicy cannot be decoded: {}", invalid.error);
-        let note = format!(
-            "not changed: SidecarPolicy {name:?} in this namespace cannot be read: {}",
-            invalid.error
-        );
-        publish(
-            &ctx,
-            deployment.object_ref(&()),
-            EventType::Warning,
-            "UnreadablePolicy",
-            "Render",
-            note,
-        )
-        .await;
-        ctx.succeeded(&ObjectRef::from_obj(&*deployment));
+        let policy = invalid.metadata.name.clone().unwrap_or_default();
+        let state = State::Blocked {
+            policy: policy.clone(),
+            message: invalid.error.clone(),
+        };
+        if ctx.record_outcome(namespace, name, outcome(state)) {
+            warn!(%policy, "SidecarPolicy cannot be decoded: {}", invalid.error);
+            let note = format!(
+                "not changed: SidecarPolicy {policy:?} in this namespace cannot be read: {}",
+                invalid.error
+            );
+            publish(
+                &ctx,
+                &reference(&view),
+                EventType::Warning,
+                "UnreadablePolicy",
+                "Render",
+                note,
+            )
+            .await;
+        }
+        ctx.deployment_succeeded(&key);
         return Ok(Action::await_change());
     }
-    let set = PolicySet::new(&policies, &ctx.guardrails);
-    let rendered = match set.render(&deployment) {
-        Ok(rendered) => rendered,
+
+    let plan = match policies.set.plan(&view.metadata, &view.facts) {
+        Ok(plan) => plan,
         Err(refusal) => {
-            warn!(problems = refusal.problems.len(), "render refused: {refusal}");
-            report_refusal(&ctx, &deployment, &policies, &refusal).await;
-            ctx.succeeded(&ObjectRef::from_obj(&*deployment));
+            let state = State::Refused(refusal.problems.clone());
+            if ctx.record_outcome(namespace, name, outcome(state)) {
+                warn!(problems = refusal.problems.len(), "render refused: {refusal}");
+                report_refusal(&ctx, &view, &refusal).await;
+            }
+            ctx.deployment_succeeded(&key);
             return Ok(Action::await_change());
         }
     };
-    if is_up_to_date(&deployment, &rendered) {
-        ctx.succeeded(&ObjectRef::from_obj(&*deployment));
+    let applied = Outcome {
+        selected: selected.clone(),
+        carried: plan
+            .record
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.revision.clone()))
+            .collect(),
+        state: State::Applied,
+    };
+    if plan.is_applied(&view.facts) {
+        ctx.settled(&key);
+        ctx.record_outcome(namespace, name, applied);
+        ctx.deployment_succeeded(&key);
         return Ok(Action::await_change());
     }
-    write(&ctx, &deployment, &rendered).await?;
-    ctx.succeeded(&ObjectRef::from_obj(&*deployment));
-    Ok(Action::await_change())
+    let digest = digest(&plan);
+    let resource_version = view.metadata.resource_version.as_deref().unwrap_or_default();
+    if ctx.written_already(&key, resource_version, digest) {
+        // This plan was written; the cache has not caught up. Its update will trigger again.
+        debug!("write already done, waiting for the cache");
+        return Ok(Action::await_change());
+    }
+    match write(&ctx, &view, &plan).await {
+        Ok(mut resource_versions) => {
+            resource_versions.push(resource_version.to_owned());
+            ctx.wrote(
+                key.clone(),
+                Written {
+                    resource_versions,
+                    plan: digest,
+                },
+            );
+            ctx.record_outcome(namespace, name, applied);
+            ctx.deployment_succeeded(&key);
+            report_change(&ctx, &view, &plan).await;
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            let state = State::WriteFailed {
+                conflict: matches!(error, Error::FieldConflict { .. }),
+                message: error.to_string(),
+            };
+            ctx.record_outcome(namespace, name, outcome(state));
+            Err(error)
+        }
+    }
 }
 
 /// Retries with exponential backoff per Deployment; a field conflict waits longer, since it
 /// needs a person.
-pub fn error_policy(deployment: Arc<Deployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.failed(ObjectRef::from_obj(&*deployment));
-    warn!(deployment = %deployment.name_any(), category = error.category(), failures, "reconcile failed: {error}");
+pub fn error_policy(view: Arc<DeploymentView>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.deployment_failed(ObjectRef::from_obj(&*view));
+    warn!(deployment = %view.name(), namespace = %view.namespace(), category = error.category(), failures, "reconcile failed: {error}");
     match error {
         Error::FieldConflict { .. } => Action::requeue(backoff(failures.max(6))),
         _ => Action::requeue(backoff(failures)),
     }
 }
 
-async fn write(ctx: &Context, deployment: &Deployment, rendered: &Rendered) -> Result<(), Error> {
-    let namespace = deployment.namespace().unwrap_or_default();
-    let name = deployment.name_any();
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+/// The policies and revisions the stored Deployment carries, from its record.
+fn carried(view: &DeploymentView) -> Vec<(String, String)> {
+    match &view.facts.record {
+        Ok(Some(record)) => record
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.revision.clone()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A digest of what a plan writes: the apply configuration (record included) and the order.
+fn digest(plan: &Plan) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    plan.patch.to_string().hash(&mut hasher);
+    plan.init_order.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Server-side apply of the plan, then the order check. Returns the resourceVersions the writes
+/// produced.
+async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<String>, Error> {
+    let (namespace, name) = (view.namespace(), view.name());
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let stored = api
         .patch(
-            &name,
+            name,
             &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(apply_patch(rendered)),
+            &Patch::Apply(&plan.patch),
         )
         .await
-        .map_err(|e| Error::from_write(&namespace, &name, e))?;
+        .map_err(|e| Error::from_deployment_write(namespace, name, e))?;
     ctx.metrics.wrote("apply");
-    ensure_order(ctx, &api, &stored, &init_container_order(rendered))
+    let mut resource_versions: Vec<String> = stored.resource_version().into_iter().collect();
+    let reordered = ensure_order(ctx, &api, &stored, &plan.init_order)
         .await
         // A 409 here is a stale resourceVersion, not a field conflict: retry soon.
-        .map_err(|source| Error::Write {
-            namespace: namespace.clone(),
-            name: name.clone(),
+        .map_err(|source| Error::WriteDeployment {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
             source,
         })?;
-
-    let before = InjectionRecord::read(deployment)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let (reason, note) = describe_change(&before, &rendered.record);
-    info!(reason, "{note}");
-    publish(
-        ctx,
-        deployment.object_ref(&()),
-        EventType::Normal,
-        reason,
-        "Reconcile",
-        note,
-    )
-    .await;
-    for warning in &rendered.warnings {
-        warn!("{warning}");
-    }
-    Ok(())
+    resource_versions.extend(reordered);
+    Ok(resource_versions)
 }
 
 /// Server-side apply merges list entries and may not keep the order the engine computed when
 /// several field managers share `initContainers` (kubernetes/kubernetes#104641: entries only
 /// the stored object has keep their place, new ones follow). If the stored order is not the
 /// computed one, reorder the stored list, guarded by its resourceVersion so that nothing written
-/// in between is lost. A reorder changes no field value, so no field changes owner.
+/// in between is lost. A reorder changes no field value, so no field changes owner. Returns the
+/// resourceVersion of the reorder, if one was needed.
 async fn ensure_order(
     ctx: &Context,
     api: &Api<Deployment>,
     stored: &Deployment,
-    want: &[&str],
-) -> Result<(), kube::Error> {
+    want: &[String],
+) -> Result<Option<String>, kube::Error> {
     let have = init_container_names(stored);
     if have == want {
-        return Ok(());
+        return Ok(None);
     }
     let current = stored
         .spec
@@ -164,48 +227,75 @@ async fn ensure_order(
         "metadata": {"resourceVersion": stored.metadata.resource_version},
         "spec": {"template": {"spec": {"initContainers": reordered}}},
     });
-    api.patch(&stored.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+    let reordered = api
+        .patch(&stored.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     ctx.metrics.wrote("reorder");
-    Ok(())
+    Ok(reordered.resource_version())
 }
 
-fn describe_change(before: &InjectionRecord, after: &InjectionRecord) -> (&'static str, String) {
-    let list = |record: &InjectionRecord| {
-        record
+fn reference(view: &DeploymentView) -> ObjectReference {
+    view.object_ref(&())
+}
+
+/// A Normal Event on the Deployment saying what the write changed.
+async fn report_change(ctx: &Context, view: &DeploymentView, plan: &Plan) {
+    let before = match &view.facts.record {
+        Ok(Some(record)) => record.clone(),
+        _ => InjectionRecord::default(),
+    };
+    let Some((reason, note)) = describe_change(&before, &plan.record) else {
+        info!("record migrated to version {}", sidecar_core::RECORD_VERSION);
+        return;
+    };
+    info!(reason, "{note}");
+    publish(
+        ctx,
+        &reference(view),
+        EventType::Normal,
+        reason,
+        "Reconcile",
+        note,
+    )
+    .await;
+}
+
+/// The Event reason and note for a change from `before` to `after`; `None` when only the record's
+/// bookkeeping changed (a record of the first release rewritten), which rolls nothing.
+fn describe_change(before: &InjectionRecord, after: &InjectionRecord) -> Option<(&'static str, String)> {
+    let (old, new) = (before.injected(), after.injected());
+    let names = |record: &InjectionRecord| record.policy_names().collect::<Vec<_>>().join(", ");
+    let list = |injected: &sidecar_core::Injected| {
+        injected
             .init_containers
             .iter()
             .cloned()
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if after.is_empty() {
-        let note = format!("removed what SidecarPolicies injected ({})", list(before));
-        ("SidecarsRemoved", note)
-    } else if before.is_empty() {
-        let note = format!(
-            "injected {} from SidecarPolicy {}",
-            list(after),
-            after.policies.join(", ")
-        );
-        ("SidecarsInjected", note)
-    } else {
-        let note = format!(
-            "updated to {} from SidecarPolicy {}",
-            list(after),
-            after.policies.join(", ")
-        );
-        ("SidecarsUpdated", note)
+    if before.is_legacy() && old == new && names(before) == names(after) {
+        return None;
     }
+    Some(if after.is_empty() {
+        (
+            "SidecarsRemoved",
+            format!("removed what SidecarPolicies injected ({})", list(&old)),
+        )
+    } else if before.is_empty() {
+        (
+            "SidecarsInjected",
+            format!("injected {} from SidecarPolicy {}", list(&new), names(after)),
+        )
+    } else {
+        (
+            "SidecarsUpdated",
+            format!("updated to {} from SidecarPolicy {}", list(&new), names(after)),
+        )
+    })
 }
 
-/// A Warning Event on the Deployment and on every policy at fault.
-async fn report_refusal(
-    ctx: &Context,
-    deployment: &Deployment,
-    policies: &[SidecarPolicy],
-    refusal: &Refusal,
-) {
+/// A Warning Event on the Deployment, and one on every policy at fault.
+async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal) {
     let text = refusal
         .problems
         .iter()
@@ -215,65 +305,51 @@ async fn report_refusal(
     let reason = refusal.problems.first().map_or("Refused", |p| p.kind.reason());
     publish(
         ctx,
-        deployment.object_ref(&()),
+        &reference(view),
         EventType::Warning,
         reason,
         "Render",
         format!("not changed: {text}"),
     )
     .await;
-    for policy in policies {
-        let name = policy.name_any();
+    let mut at_fault: Vec<&str> = refusal
+        .problems
+        .iter()
+        .map(|p| p.policy.as_str())
+        .filter(|p| !p.is_empty())
+        .collect();
+    at_fault.sort_unstable();
+    at_fault.dedup();
+    for policy in at_fault {
         let own: Vec<String> = refusal
             .problems
             .iter()
-            .filter(|p| p.policy == name)
+            .filter(|p| p.policy == policy)
             .map(ToString::to_string)
             .collect();
-        if let Some(first) = refusal.problems.iter().find(|p| p.policy == name) {
-            let note = format!(
-                "Deployment {:?} not changed: {}",
-                refusal.deployment,
-                own.join("; ")
-            );
-            publish(
-                ctx,
-                policy.object_ref(&()),
-                EventType::Warning,
-                first.kind.reason(),
-                "Render",
-                note,
-            )
-            .await;
-        }
-    }
-}
-
-async fn publish(
-    ctx: &Context,
-    reference: k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    mut note: String,
-) {
-    if note.len() > NOTE_LIMIT {
-        let mut cut = NOTE_LIMIT - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
-    }
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        // An Event is best effort; the log has the same information.
-        warn!("could not publish Event {reason}: {e}");
+        let Some(first) = refusal.problems.iter().find(|p| p.policy == policy) else {
+            continue;
+        };
+        let Some(stored) = ctx
+            .caches
+            .policies
+            .get(&ObjectRef::new(policy).within(view.namespace()))
+        else {
+            continue;
+        };
+        let note = format!(
+            "Deployment {:?} not changed: {}",
+            refusal.deployment,
+            own.join("; ")
+        );
+        publish(
+            ctx,
+            &stored.object_ref(&()),
+            EventType::Warning,
+            first.kind.reason(),
+            "Render",
+            note,
+        )
+        .await;
     }
 }

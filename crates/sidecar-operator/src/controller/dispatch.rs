@@ -1,0 +1,198 @@
+//! What each watch event triggers. Every event passes here after the cache holds it, so a
+//! reconcile triggered from here always sees the object that triggered it.
+//!
+//! - A Deployment whose cached content changed (labels, the opt-out annotation, what the engine
+//!   reads of its pod template, the record) is reconciled; a status-only change is not.
+//! - A policy whose spec changed (its generation), that appeared, that disappeared or that stopped
+//!   or started decoding invalidates its namespace's prepared policies, and triggers the
+//!   Deployments it selects now or whose last outcome involves it (they carry it, or were refused
+//!   because of it), and its own status. Status writes change no generation and trigger nothing.
+//! - A deleted Deployment is forgotten by the outcome index, which triggers its policies' status.
+//! - A relist (the watch restarted) is compared with what was seen before: changed objects are
+//!   treated as changed, missing ones as deleted.
+//!
+//! kube's shared-stream subscribers would dispatch applied objects, but not deletions, and they
+//! stall if an object is deleted between dispatch and poll; dispatching here covers both.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use kube::runtime::watcher::Event;
+use kube::{Resource, ResourceExt};
+use sidecar_api::POLICY_LABEL;
+use sidecar_core::selector;
+
+use super::GuardedPolicy;
+use super::context::Context;
+use super::view::DeploymentView;
+
+/// What a policy change is judged by: a new spec is a new generation; a policy that stops or
+/// starts decoding changes everything it may select.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PolicyKey {
+    uid: Option<String>,
+    generation: Option<i64>,
+    readable: bool,
+}
+
+impl PolicyKey {
+    fn of(policy: &GuardedPolicy) -> Self {
+        PolicyKey {
+            uid: policy.uid(),
+            generation: policy.meta().generation,
+            readable: policy.0.is_ok(),
+        }
+    }
+}
+
+/// Turns watch events into triggers; see the module documentation.
+#[derive(Debug)]
+pub struct Dispatch {
+    ctx: Arc<Context>,
+    /// The content hash of every Deployment seen, by (namespace, name).
+    deployments: Mutex<HashMap<(String, String), u64>>,
+    policies: Mutex<HashMap<(String, String), PolicyKey>>,
+}
+
+impl Dispatch {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Dispatch {
+            ctx,
+            deployments: Mutex::default(),
+            policies: Mutex::default(),
+        }
+    }
+
+    pub fn deployment_event(&self, event: &Event<DeploymentView>) {
+        match event {
+            Event::Apply(view) => self.deployment_seen(view),
+            Event::Delete(view) => self.deployment_gone(view.namespace(), view.name()),
+            Event::InitDone => {
+                let listed = self.ctx.caches.deployments.state();
+                self.ctx.expect_deployments(&listed);
+                let mut gone = lock(&self.deployments).clone();
+                for view in &listed {
+                    gone.remove(&(view.namespace().to_owned(), view.name().to_owned()));
+                    self.deployment_seen(view);
+                }
+                for (namespace, name) in gone.keys() {
+                    self.deployment_gone(namespace, name);
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+
+    fn deployment_seen(&self, view: &DeploymentView) {
+        let key = (view.namespace().to_owned(), view.name().to_owned());
+        let previous = lock(&self.deployments).insert(key, view.content);
+        if previous != Some(view.content) {
+            self.ctx.triggers.deployment(view.namespace(), view.name());
+        }
+    }
+
+    fn deployment_gone(&self, namespace: &str, name: &str) {
+        lock(&self.deployments).remove(&(namespace.to_owned(), name.to_owned()));
+        self.ctx.forget_deployment(namespace, name);
+    }
+
+    pub fn policy_event(&self, event: &Event<GuardedPolicy>) {
+        match event {
+            Event::Apply(policy) => self.policy_seen(policy),
+            Event::Delete(policy) => self.policy_gone(policy),
+            Event::InitDone => {
+                self.ctx.policy_sets.invalidate_all();
+                let listed = self.ctx.caches.policies.state();
+                let mut gone = lock(&self.policies).clone();
+                for policy in &listed {
+                    gone.remove(&key(policy));
+                    self.policy_seen(policy);
+                }
+                for (namespace, name) in gone.keys() {
+                    self.ctx.policy_sets.invalidate(namespace);
+                    self.trigger_involved(namespace, name, None);
+                    self.ctx.forget_policy(namespace, name);
+                    lock(&self.policies).remove(&(namespace.clone(), name.clone()));
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+
+    fn policy_seen(&self, policy: &GuardedPolicy) {
+        let now = PolicyKey::of(policy);
+        let previous = lock(&self.policies).insert(key(policy), now.clone());
+        if previous.as_ref() == Some(&now) {
+            return;
+        }
+        let (namespace, name) = key(policy);
+        self.ctx.policy_sets.invalidate(&namespace);
+        self.trigger_involved(&namespace, &name, Some(policy));
+        self.ctx.triggers.policy(&namespace, &name);
+    }
+
+    fn policy_gone(&self, policy: &GuardedPolicy) {
+        let (namespace, name) = key(policy);
+        lock(&self.policies).remove(&(namespace.clone(), name.clone()));
+        self.ctx.policy_sets.invalidate(&namespace);
+        self.trigger_involved(&namespace, &name, Some(policy));
+        self.ctx.forget_policy(&namespace, &name);
+    }
+
+    /// Triggers the Deployments a change to policy `namespace/name` may affect: those whose last
+    /// outcome involves it, and those `policy` selects (every one of the namespace if it does not
+    /// decode: it might select any of them).
+    fn trigger_involved(&self, namespace: &str, name: &str, policy: Option<&GuardedPolicy>) {
+        let mut targets: Vec<String> = self
+            .ctx
+            .outcomes()
+            .involving(namespace, name)
+            .map(str::to_owned)
+            .collect();
+        if let Some(policy) = policy {
+            for view in self.ctx.caches.deployments.state() {
+                if view.namespace() != namespace {
+                    continue;
+                }
+                let selects = match &policy.0 {
+                    Ok(policy) => selector::matches(&policy.spec.selector, labels(&view)).unwrap_or(false),
+                    Err(_) => true,
+                };
+                if selects {
+                    targets.push(view.name().to_owned());
+                }
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        for deployment in targets {
+            self.ctx.triggers.deployment(namespace, &deployment);
+        }
+    }
+
+    /// A deleted ControllerRevision of a policy triggers that policy, which re-creates it if it
+    /// is still needed (the current revision, or one a Deployment carries).
+    pub fn revision_event(&self, event: &Event<ControllerRevision>) {
+        if let Event::Delete(revision) = event
+            && let (Some(namespace), Some(policy)) =
+                (revision.namespace(), revision.labels().get(POLICY_LABEL))
+        {
+            self.ctx.triggers.policy(&namespace, policy);
+        }
+    }
+}
+
+fn key(policy: &GuardedPolicy) -> (String, String) {
+    (policy.namespace().unwrap_or_default(), policy.name_any())
+}
+
+/// A Deployment's labels, without cloning them (this runs for every cached Deployment).
+pub(crate) fn labels(view: &DeploymentView) -> &std::collections::BTreeMap<String, String> {
+    static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    view.metadata.labels.as_ref().unwrap_or(&NONE)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

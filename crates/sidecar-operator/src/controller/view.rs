@@ -1,0 +1,181 @@
+//! A Deployment as the controller caches it: what decisions read, and nothing else.
+//!
+//! A full `Deployment` from k8s-openapi is tens of kilobytes in memory once its containers and
+//! volumes are decoded (a `Container` is 2.3 KB before its heap parts), and the watch cache holds
+//! every Deployment of the cluster. [`DeploymentView`] decodes the Deployment from the watch and
+//! keeps its identity, labels, the opt-out annotation and the engine's [`DeploymentFacts`]; the
+//! rest (status, `managedFields`, the owner's containers, `last-applied-configuration`) is
+//! dropped before it reaches the cache.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::{Deserialize, Deserializer};
+use sidecar_api::INJECT_ANNOTATION;
+use sidecar_core::DeploymentFacts;
+
+/// The cached form of a Deployment. Its `Deserialize` reads a whole Deployment and keeps only
+/// this, so `Api<DeploymentView>` watches Deployments without caching them whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentView {
+    /// Name, namespace, uid, resourceVersion, generation, labels, and of the annotations only the
+    /// opt-out one (`sidecar.dev/inject`); the record annotation is parsed into `facts`.
+    pub metadata: ObjectMeta,
+    pub facts: DeploymentFacts,
+    /// A hash of what decisions read (uid, labels, the opt-out annotation, the facts): equal
+    /// hashes mean nothing that matters changed (a status update, a new image for the owner's
+    /// container, someone else's annotation), so nothing is triggered.
+    pub content: u64,
+}
+
+impl DeploymentView {
+    pub fn of(deployment: &Deployment) -> Self {
+        let source = &deployment.metadata;
+        let annotations: BTreeMap<String, String> = source
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(key, _)| key.as_str() == INJECT_ANNOTATION)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let metadata = ObjectMeta {
+            name: source.name.clone(),
+            namespace: source.namespace.clone(),
+            uid: source.uid.clone(),
+            resource_version: source.resource_version.clone(),
+            generation: source.generation,
+            labels: source.labels.clone(),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..ObjectMeta::default()
+        };
+        let facts = DeploymentFacts::of(deployment);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&metadata.uid, &metadata.labels, &metadata.annotations, &facts).hash(&mut hasher);
+        DeploymentView {
+            metadata,
+            facts,
+            content: hasher.finish(),
+        }
+    }
+
+    /// The Deployment's name.
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The Deployment's namespace.
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for DeploymentView {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Deployment::deserialize(deserializer).map(|deployment| DeploymentView::of(&deployment))
+    }
+}
+
+impl Resource for DeploymentView {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("Deployment")
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("apps")
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+
+    fn api_version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("apps/v1")
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("deployments")
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(extra_annotation: &str, replicas: i32) -> serde_json::Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "demo", "uid": "u-1", "resourceVersion": "7", "generation": 2,
+                "labels": {"app": "web"},
+                "annotations": {
+                    INJECT_ANNOTATION: "true",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a huge\":\"manifest\"}",
+                    "deployment.kubernetes.io/revision": extra_annotation,
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}},
+            },
+            "status": {"replicas": 3, "observedGeneration": 2},
+        })
+    }
+
+    #[test]
+    fn keeps_what_decisions_read_and_drops_the_rest() {
+        let view: DeploymentView = serde_json::from_value(deployment("1", 3)).unwrap();
+        assert_eq!(view.name(), "web");
+        assert_eq!(view.namespace(), "demo");
+        assert_eq!(view.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            view.metadata.annotations,
+            Some(BTreeMap::from([(
+                INJECT_ANNOTATION.to_owned(),
+                "true".to_owned()
+            )]))
+        );
+        assert!(view.metadata.managed_fields.is_none());
+        assert_eq!(view.facts.owner.containers[0].name, "web");
+        assert_eq!(view.facts.owner.containers[0].ports[0].number, 80);
+    }
+
+    #[test]
+    fn changes_nothing_reads_keep_the_content_hash() {
+        let base: DeploymentView = serde_json::from_value(deployment("1", 3)).unwrap();
+        let mut noise = deployment("2", 5);
+        noise["metadata"]["resourceVersion"] = json!("8");
+        noise["metadata"]["generation"] = json!(3);
+        noise["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+        noise["status"]["replicas"] = json!(5);
+        let noisy: DeploymentView = serde_json::from_value(noise).unwrap();
+        assert_eq!(
+            noisy.content, base.content,
+            "status, replicas, the owner's image and others' annotations"
+        );
+
+        let mut relabelled = deployment("1", 3);
+        relabelled["metadata"]["labels"]["team"] = json!("a");
+        let relabelled: DeploymentView = serde_json::from_value(relabelled).unwrap();
+        assert_ne!(relabelled.content, base.content);
+    }
+}
