@@ -28,11 +28,13 @@ test:
     cargo test --workspace --locked
 
 # End-to-end suite: against SIDECAR_E2E_KUBECONFIG's cluster (Kubernetes >= 1.29), or a throwaway
-# control plane per test from KUBEBUILDER_ASSETS (a directory with kube-apiserver and etcd).
+# control plane per test from KUBEBUILDER_ASSETS (a directory with kube-apiserver and etcd, and
+# kube-controller-manager for the tests that need Deployment status and garbage collection).
 # e2e_install runs the built binary under the install's own RBAC, so build it first.
-e2e:
+# --no-fail-fast: a failing test file does not hide the others' results.
+e2e *filter:
     cargo build --package sidecar-operator --locked
-    cargo test --package sidecar-tests --test e2e --test e2e_install --locked -- --nocapture --test-threads=1
+    cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_install --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
 
 # Run the operator against the current kubeconfig's cluster (install the CRD first: `just install-crd`).
 run *args:

@@ -291,6 +291,12 @@ fn rbac_is_the_documented_least_privilege() {
             grant("apps", "deployments", &[], &["list", "watch", "patch"]),
             grant("sidecar.dev", "sidecarpolicies", &[], &["list", "watch"]),
             grant("sidecar.dev", "sidecarpolicies/status", &[], &["patch"]),
+            grant(
+                "apps",
+                "controllerrevisions",
+                &[],
+                &["list", "watch", "create", "patch", "delete"]
+            ),
             grant("events.k8s.io", "events", &[], &["create", "patch"]),
         ]
     );

@@ -23,6 +23,7 @@ mod support {
     pub mod cluster;
     pub mod control_plane;
     pub mod kstatus;
+    pub mod operator;
 }
 use serde_json::json;
 use sidecar_api::{INJECTED_ANNOTATION, SidecarPolicy};
@@ -30,53 +31,9 @@ use sidecar_core::Guardrails;
 use sidecar_operator::controller;
 use support::cluster::{Cluster, TestNamespace, cluster, dump, example, install_crd, wait_for};
 use support::kstatus::kstatus;
-
-fn all_guardrails_off() -> Guardrails {
-    let mut g = Guardrails {
-        allow_host_path: true,
-        allow_run_as_root: true,
-        ..Guardrails::default()
-    };
-    g.allow_capability("NET_ADMIN");
-    g.allow_capability("NET_RAW");
-    g
-}
-
-/// The operator, in-process, for one namespace (as `sidecar-operator run -n NS`).
-async fn start_operator(
-    client: &Client,
-    namespace: &str,
-    guardrails: Guardrails,
-) -> tokio::task::JoinHandle<()> {
-    // The operator's logs go with the test's output (RUST_LOG filters; default info).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-    let scope = controller::Scope::new(
-        client.clone(),
-        Some(namespace),
-        guardrails,
-        Default::default(),
-        controller::DEFAULT_CONCURRENCY,
-    )
-    .await;
-    tokio::spawn(scope.run())
-}
-
-fn init_names(d: &Deployment) -> Vec<String> {
-    d.spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.init_containers.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|c| c.name.clone())
-        .collect()
-}
+use support::operator::{
+    all_guardrails_off, event_writes, init_names, managers, operator_written, start_operator,
+};
 
 #[tokio::test]
 async fn every_use_case_is_injected_in_order_and_removed_exactly() {
@@ -269,27 +226,42 @@ async fn conflicts_are_reported_and_idle_means_no_writes() {
         dump(&client, &ns.name).await
     );
 
-    // Idle: nothing changes, so nothing is written.
-    let resource_version = live.resource_version();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Idle: nothing changes, so nothing is written: not the Deployment, not the policy's status,
+    // not one Event. What the operator could have written is compared, not resourceVersions:
+    // kube-controller-manager writes Deployment status on its own.
+    let deployment_before = operator_written(&deployments.get("shop").await.unwrap());
+    let policy_before = policies.get("log-shipper").await.unwrap();
+    let events_before = event_writes(&client, &ns.name).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(
-        deployments.get("shop").await.unwrap().resource_version(),
-        resource_version,
-        "a write while idle"
+        operator_written(&deployments.get("shop").await.unwrap()),
+        deployment_before,
+        "a Deployment write while idle"
     );
-    let policy_version = policies.get("log-shipper").await.unwrap().resource_version();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let policy_after = policies.get("log-shipper").await.unwrap();
     assert_eq!(
-        policies.get("log-shipper").await.unwrap().resource_version(),
-        policy_version,
+        policy_after.status, policy_before.status,
         "a status write while idle"
+    );
+    assert_eq!(
+        policy_after.metadata.managed_fields, policy_before.metadata.managed_fields,
+        "a status write while idle"
+    );
+    assert_eq!(
+        event_writes(&client, &ns.name).await,
+        events_before,
+        "an Event while idle"
     );
 
     let after_elsewhere = other_deployments.get("shop").await.unwrap();
     assert_eq!(
-        after_elsewhere.resource_version(),
-        before_elsewhere.resource_version(),
+        operator_written(&after_elsewhere),
+        operator_written(&before_elsewhere),
         "another namespace was touched"
+    );
+    assert!(
+        !managers(&after_elsewhere).contains(&controller::FIELD_MANAGER.to_owned()),
+        "the operator owns nothing in another namespace"
     );
     operator.abort();
 }

@@ -34,8 +34,7 @@ use crate::schema;
     printcolumn = r#"{"name":"Revision","type":"string","priority":1,"description":"The current revision (a ControllerRevision named <policy>-<revision>)","jsonPath":".status.currentRevision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = kube::core::Rule::new("size(self.metadata.name) <= 63")
-        .message("metadata.name: a SidecarPolicy's name must be at most 63 characters: it is a label value on the policy's revisions")
-        .field_path(".metadata.name"),
+        .message("metadata.name: a SidecarPolicy's name must be at most 63 characters: it is a label value on the policy's revisions"),
     validation = kube::core::Rule::new(
         "(has(self.spec.sidecars) && size(self.spec.sidecars) > 0) || (has(self.spec.initContainers) && size(self.spec.initContainers) > 0)"
     ).message("spec: a SidecarPolicy must inject at least one entry in spec.sidecars or spec.initContainers").field_path(".spec"),

@@ -198,3 +198,18 @@ fn structural_bounds_are_in_the_schema() {
     let status = &schema["properties"]["status"]["properties"]["conditions"];
     assert_eq!(status["x-kubernetes-list-map-keys"], json!(["type"]));
 }
+
+#[test]
+fn names_are_at_most_63_characters() {
+    let named = |name: &str| {
+        let mut object = policy(valid_spec());
+        object["metadata"]["name"] = json!(name);
+        Validator::new().validate(&schema(), &object, None)
+    };
+    assert!(named(&"p".repeat(63)).is_ok());
+    let errors = named(&"p".repeat(64)).unwrap_err().into_vec();
+    assert!(
+        errors.iter().any(|e| e.message.contains("at most 63 characters")),
+        "{errors:?}"
+    );
+}

@@ -31,9 +31,24 @@ pub struct Cluster {
     pub shared_kubeconfig: Option<String>,
     /// Kept alive until the test ends, then stopped.
     control_plane: Option<ControlPlane>,
+    /// Whether kube-controller-manager runs: Deployments get ReplicaSets and status, owned
+    /// objects are garbage-collected.
+    pub controllers: bool,
 }
 
 impl Cluster {
+    /// Whether the test can run: false (with a message saying why it is skipped) when it needs
+    /// kube-controller-manager and none runs.
+    pub fn has_controllers(&self, test: &str) -> bool {
+        if !self.controllers {
+            eprintln!(
+                "{test} skipped: it needs kube-controller-manager (Deployment status, ReplicaSets, \
+                 garbage collection); put its binary in {ASSETS_VAR}, or use a full cluster"
+            );
+        }
+        self.controllers
+    }
+
     /// The kubeconfig file of this cluster, for a process the test starts.
     pub fn kubeconfig(&self) -> std::path::PathBuf {
         match (&self.shared_kubeconfig, &self.control_plane) {
@@ -49,10 +64,16 @@ impl Cluster {
 pub async fn cluster() -> Option<Cluster> {
     if let Ok(path) = std::env::var(KUBECONFIG_VAR) {
         let client = client_from(&path).await;
+        // kube-controller-manager publishes this ConfigMap into every namespace.
+        let controllers = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "default")
+            .get_opt("kube-root-ca.crt")
+            .await
+            .is_ok_and(|found| found.is_some());
         return Some(Cluster {
             client,
             shared_kubeconfig: Some(path),
             control_plane: None,
+            controllers,
         });
     }
     if let Ok(assets) = std::env::var(ASSETS_VAR) {
@@ -60,6 +81,7 @@ pub async fn cluster() -> Option<Cluster> {
         return Some(Cluster {
             client,
             shared_kubeconfig: None,
+            controllers: control_plane.has_controllers(),
             control_plane: Some(control_plane),
         });
     }

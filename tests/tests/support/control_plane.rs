@@ -1,8 +1,10 @@
 //! A throwaway control plane for the end-to-end suite, in the convention of controller-runtime's
 //! envtest: `KUBEBUILDER_ASSETS` names a directory holding `kube-apiserver` and `etcd`. Each test
 //! starts its own etcd and kube-apiserver on free loopback ports, with certificates and a
-//! service-account key made for it (openssl), and stops them when it ends. No controllers run:
-//! Deployments get no Pods, which the suite does not need.
+//! service-account key made for it (openssl), and stops them when it ends. When the directory
+//! also holds `kube-controller-manager`, it runs too: Deployments then get ReplicaSets and
+//! status, namespaces are cleaned up and owned objects garbage-collected. No kubelet runs, so
+//! Pods stay Pending unless a test acts as the node.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     etcd: Child,
     apiserver: Child,
+    controller_manager: Option<Child>,
     pub kubeconfig: PathBuf,
 }
 
@@ -46,6 +49,15 @@ impl ControlPlane {
             .spawn()
             .expect("etcd from KUBEBUILDER_ASSETS starts");
         let file = |name: &str| d.join(name).display().to_string();
+        let kubeconfig = d.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: admin}}\ncurrent-context: e2e\n",
+                file("ca.crt")
+            ),
+        )
+        .unwrap();
         let apiserver = Command::new(assets.join("kube-apiserver"))
             .args([
                 format!("--etcd-servers=http://127.0.0.1:{client_port}"),
@@ -68,38 +80,57 @@ impl ControlPlane {
             .stderr(log(d, "kube-apiserver.log"))
             .spawn()
             .expect("kube-apiserver from KUBEBUILDER_ASSETS starts");
+        // It retries until the API server answers, so it can start at once.
+        let controller_manager = assets.join("kube-controller-manager").exists().then(|| {
+            Command::new(assets.join("kube-controller-manager"))
+                .args([
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    format!("--service-account-private-key-file={}", file("sa.key")),
+                    format!("--root-ca-file={}", file("ca.crt")),
+                    "--controllers=*".to_owned(),
+                    "--use-service-account-credentials=false".to_owned(),
+                    "--leader-elect=false".to_owned(),
+                    "--secure-port=0".to_owned(),
+                ])
+                .stdout(log(d, "kube-controller-manager.log"))
+                .stderr(log(d, "kube-controller-manager.log"))
+                .spawn()
+                .expect("kube-controller-manager from KUBEBUILDER_ASSETS starts")
+        });
 
-        let kubeconfig = d.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: admin}}\ncurrent-context: e2e\n",
-                file("ca.crt")
-            ),
-        )
-        .unwrap();
         ControlPlane {
             dir,
             etcd,
             apiserver,
+            controller_manager,
             kubeconfig,
         }
     }
 
+    /// Whether kube-controller-manager runs beside the API server.
+    pub fn has_controllers(&self) -> bool {
+        self.controller_manager.is_some()
+    }
+
     /// Which process has exited, and how, if one has: a control plane that is starting or
-    /// running has both alive.
+    /// running has all of them alive.
     pub fn exited(&mut self) -> Option<String> {
-        [("etcd", &mut self.etcd), ("kube-apiserver", &mut self.apiserver)]
-            .into_iter()
-            .find_map(|(name, child)| match child.try_wait() {
-                Ok(Some(status)) => Some(format!("{name} exited ({status})")),
-                Ok(None) | Err(_) => None,
-            })
+        [
+            ("etcd", Some(&mut self.etcd)),
+            ("kube-apiserver", Some(&mut self.apiserver)),
+            ("kube-controller-manager", self.controller_manager.as_mut()),
+        ]
+        .into_iter()
+        .filter_map(|(name, child)| Some((name, child?)))
+        .find_map(|(name, child)| match child.try_wait() {
+            Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+            Ok(None) | Err(_) => None,
+        })
     }
 
     /// The end of the control plane's logs, for a failure message.
     pub fn logs(&self) -> String {
-        ["etcd.log", "kube-apiserver.log"]
+        ["etcd.log", "kube-apiserver.log", "kube-controller-manager.log"]
             .iter()
             .map(|name| {
                 let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
@@ -116,7 +147,11 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for child in [&mut self.apiserver, &mut self.etcd] {
+        let controllers = self.controller_manager.as_mut();
+        for child in controllers
+            .into_iter()
+            .chain([&mut self.apiserver, &mut self.etcd])
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
