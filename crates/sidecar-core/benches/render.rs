@@ -11,10 +11,6 @@ use serde_json::json;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::{DeploymentFacts, Guardrails, PolicySet};
 
-/// The allocator the operator binary uses, so the figures are the ones it gets.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const DEPLOYMENTS: usize = 10_000;
 const POLICIES: usize = 20;
 const TEAMS: [&str; 5] = ["payments", "search", "identity", "catalog", "checkout"];

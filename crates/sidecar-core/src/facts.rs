@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, ContainerPort, PodTemplateSpec};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::apply::owned_spec;
@@ -19,7 +20,7 @@ use crate::record::{InjectionRecord, RecordError};
 pub(crate) const SIDECAR_RESTART_POLICY: &str = "Always";
 
 /// A container port as the API server keys it: number and protocol (TCP when unset).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Port {
     pub number: i32,
     pub protocol: String,
@@ -35,34 +36,46 @@ impl Port {
 }
 
 /// One of the owner's app containers (`spec.template.spec.containers`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AppContainerFacts {
     pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
     /// Mount paths, in the container's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mount_paths: Vec<String>,
     /// Env var names, in the container's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
 }
 
 /// One of the owner's init containers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct InitContainerFacts {
     pub name: String,
     /// A native sidecar (`restartPolicy: Always`): it runs beside the app, so its ports count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sidecar: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
 }
 
 /// The owner's pod template, reduced to what must stay unique in it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodFacts {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<AppContainerFacts>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_containers: Vec<InitContainerFacts>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ephemeral_containers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_process_namespace: Option<bool>,
 }
 
@@ -175,7 +188,11 @@ pub struct DeploymentFacts {
 impl DeploymentFacts {
     /// The facts of `deployment`.
     pub fn of(deployment: &Deployment) -> Self {
-        let record = InjectionRecord::read(deployment);
+        Self::of_record(deployment, InjectionRecord::read(deployment))
+    }
+
+    /// The facts of `deployment`, whose record annotation reads as `record`.
+    fn of_record(deployment: &Deployment, record: Result<Option<InjectionRecord>, RecordError>) -> Self {
         let template = &deployment.spec.template;
         let injected = match &record {
             Ok(Some(record)) => record.injected(),
@@ -199,6 +216,47 @@ impl DeploymentFacts {
         }
     }
 
+    /// `deployment`'s facts in a compact, self-contained text form: what a cache of thousands of
+    /// Deployments keeps, expanded with [`DeploymentFacts::expand`] when a Deployment is planned.
+    /// It keeps the record annotation as written (a record of the first release must still read
+    /// as one).
+    pub fn compact(deployment: &Deployment) -> String {
+        let annotation = deployment
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(sidecar_api::INJECTED_ANNOTATION));
+        let record = annotation.map(|text| InjectionRecord::parse(text)).transpose();
+        let facts = Self::of_record(deployment, record);
+        let compact = Compact {
+            owner: facts.owner,
+            record: annotation.cloned(),
+            init_order: facts.init_order,
+            owned: facts.owned.into(),
+        };
+        serde_json::to_string(&compact).unwrap_or_default()
+    }
+
+    /// The facts a [`DeploymentFacts::compact`] text holds. Text that does not read (it never
+    /// happens: the cache writes it) gives facts whose record is unreadable, so the Deployment is
+    /// left alone, never stripped.
+    pub fn expand(compact: &str) -> Self {
+        match serde_json::from_str::<Compact>(compact) {
+            Ok(compact) => DeploymentFacts {
+                record: compact.record.as_deref().map(InjectionRecord::parse).transpose(),
+                owner: compact.owner,
+                init_order: compact.init_order,
+                owned: compact.owned.into_boxed_str(),
+            },
+            Err(e) => DeploymentFacts {
+                record: Err(RecordError::new(format!("the cached facts do not read: {e}"))),
+                owner: PodFacts::default(),
+                init_order: Vec::new(),
+                owned: Box::default(),
+            },
+        }
+    }
+
     /// The stored owned fields, parsed (`Value::Null` when there are none).
     pub(crate) fn owned_value(&self) -> Value {
         if self.owned.is_empty() {
@@ -206,4 +264,17 @@ impl DeploymentFacts {
         }
         serde_json::from_str(&self.owned).unwrap_or(Value::Null)
     }
+}
+
+/// The text form of [`DeploymentFacts`], short field names because thousands are kept.
+#[derive(Serialize, Deserialize)]
+struct Compact {
+    #[serde(rename = "o")]
+    owner: PodFacts,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    record: Option<String>,
+    #[serde(rename = "i", default, skip_serializing_if = "Vec::is_empty")]
+    init_order: Vec<String>,
+    #[serde(rename = "w", default, skip_serializing_if = "String::is_empty")]
+    owned: String,
 }

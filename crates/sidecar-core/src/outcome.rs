@@ -61,6 +61,45 @@ impl Outcome {
     }
 }
 
+/// Messages name at most this many Deployments, then say how many more.
+pub const NAMED: usize = 3;
+
+/// Lines about Deployments: the first few (in Deployment name order), and how many in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Named {
+    pub first: Vec<String>,
+    pub total: usize,
+}
+
+impl Named {
+    /// Adds a line (formatted only if it is among the first few).
+    fn push(&mut self, line: impl FnOnce() -> String) {
+        if self.first.len() < NAMED {
+            self.first.push(line());
+        }
+        self.total += 1;
+    }
+
+    /// Adds a line.
+    pub fn push_line(&mut self, line: String) {
+        self.push(|| line);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// `a; b; c; and 4 more`.
+    pub fn text(&self) -> String {
+        let mut text = self.first.join("; ");
+        let more = self.total.saturating_sub(self.first.len());
+        if more > 0 {
+            text.push_str(&format!("; and {more} more"));
+        }
+        text
+    }
+}
+
 /// One policy's view of the outcomes: the input of its status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -69,13 +108,13 @@ pub struct Summary {
     /// Of those, the ones that carry its current revision and are applied.
     pub up_to_date: i32,
     /// Its own conflicts, one line per Deployment: `Deployment "x": field: message`.
-    pub conflicts: Vec<String>,
+    pub conflicts: Named,
     /// Deployments it selects that something else blocks (another policy, an unreadable one).
-    pub blocked: Vec<String>,
+    pub blocked: Named,
     /// Deployments whose write failed because another field manager owns a field.
-    pub field_conflicts: Vec<String>,
+    pub field_conflicts: Named,
     /// Deployments whose write failed for another reason (retried).
-    pub write_failures: Vec<String>,
+    pub write_failures: Named,
 }
 
 impl Summary {
@@ -87,51 +126,113 @@ impl Summary {
             return;
         }
         self.matched += 1;
+        if outcome.state == State::Applied && carries(outcome, policy, revision) {
+            self.up_to_date += 1;
+        }
+        self.add_problems(policy, deployment, outcome);
+    }
+
+    /// Adds the lines about a Deployment the policy selects that is not simply applied or
+    /// pending (see [`is_troubled`]).
+    fn add_problems(&mut self, policy: &str, deployment: &str, outcome: &Outcome) {
         match &outcome.state {
-            State::Applied => {
-                if outcome.carried.iter().any(|(p, r)| p == policy && r == revision) {
-                    self.up_to_date += 1;
-                }
-            }
-            State::Pending => {}
+            State::Applied | State::Pending => {}
             State::Refused(problems) => {
                 let own = problems
                     .iter()
                     .find(|p| p.policy == policy && p.kind == ProblemKind::Conflict);
                 match own {
-                    Some(problem) => self.conflicts.push(format!(
-                        "Deployment {deployment:?}: {}",
-                        problem.field_message()
-                    )),
+                    Some(problem) => self
+                        .conflicts
+                        .push(|| format!("Deployment {deployment:?}: {}", problem.field_message())),
                     None => {
                         if let Some(other) = problems.iter().find(|p| p.policy != policy) {
-                            self.blocked.push(format!("Deployment {deployment:?}: {other}"));
+                            self.blocked.push(|| format!("Deployment {deployment:?}: {other}"));
                         }
                     }
                 }
             }
             State::WriteFailed { conflict, message } => {
-                let line = format!("Deployment {deployment:?}: {message}");
+                let line = || format!("Deployment {deployment:?}: {message}");
                 if *conflict {
                     self.field_conflicts.push(line);
                 } else {
                     self.write_failures.push(line);
                 }
             }
-            State::Blocked { policy: other, message } => self.blocked.push(format!(
-                "Deployment {deployment:?}: SidecarPolicy {other:?} cannot be read, so the Deployment is left as it is: {message}"
-            )),
+            State::Blocked { policy: other, message } => self.blocked.push(|| {
+                format!(
+                    "Deployment {deployment:?}: SidecarPolicy {other:?} cannot be read, so the Deployment is left as it is: {message}"
+                )
+            }),
         }
+    }
+}
+
+fn carries(outcome: &Outcome, policy: &str, revision: &str) -> bool {
+    outcome.carried.iter().any(|(p, r)| p == policy && r == revision)
+}
+
+/// Whether an outcome puts lines in its policies' status (refused, failed, blocked).
+fn is_troubled(outcome: &Outcome) -> bool {
+    !matches!(outcome.state, State::Applied | State::Pending)
+}
+
+/// What the outcomes of a namespace's Deployments add up to for one policy, kept as outcomes are
+/// recorded, so that a status costs the number of troubled Deployments, not of matched ones.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Every Deployment whose outcome involves the policy.
+    involved: BTreeSet<String>,
+    /// Deployments it selects.
+    matched: i32,
+    /// Selected and applied Deployments, by the policy revision they carry.
+    applied: HashMap<String, i32>,
+    /// Deployments (any state) by the policy revision they carry.
+    carried: BTreeMap<String, usize>,
+    /// Selected Deployments that are refused, failed or blocked.
+    troubled: BTreeSet<String>,
+}
+
+impl Tally {
+    /// Adds (`sign` 1) or removes (`sign` -1) the contribution of `deployment`'s `outcome`.
+    fn count(&mut self, policy: &str, deployment: &str, outcome: &Outcome, sign: i32) {
+        let selected = outcome.selected.iter().any(|p| p == policy);
+        if selected {
+            self.matched += sign;
+            if outcome.state == State::Applied {
+                for (_, revision) in outcome.carried.iter().filter(|(p, _)| p == policy) {
+                    *self.applied.entry(revision.clone()).or_insert(0) += sign;
+                }
+            }
+            if is_troubled(outcome) {
+                if sign > 0 {
+                    self.troubled.insert(deployment.to_owned());
+                } else {
+                    self.troubled.remove(deployment);
+                }
+            }
+        }
+        for (_, revision) in outcome.carried.iter().filter(|(p, _)| p == policy) {
+            let count = self.carried.entry(revision.clone()).or_insert(0);
+            if sign > 0 {
+                *count += 1;
+            } else {
+                *count = count.saturating_sub(1);
+            }
+        }
+        self.applied.retain(|_, n| *n != 0);
+        self.carried.retain(|_, n| *n != 0);
     }
 }
 
 /// The outcomes of the Deployments of every watched namespace.
 #[derive(Debug, Default)]
 pub struct OutcomeIndex {
-    /// By namespace, then by Deployment name (ordered, for stable messages).
-    outcomes: HashMap<String, BTreeMap<String, Outcome>>,
-    /// By (namespace, policy): the Deployments whose outcome involves the policy.
-    involved: HashMap<(String, String), BTreeSet<String>>,
+    /// By namespace, then by Deployment name.
+    outcomes: HashMap<String, HashMap<String, Outcome>>,
+    /// By (namespace, policy).
+    tallies: HashMap<(String, String), Tally>,
     /// Deployments that must have an outcome before statuses are worth writing; `None` until the
     /// caller says which (see [`OutcomeIndex::expect`]).
     awaited: Option<HashSet<(String, String)>>,
@@ -144,25 +245,22 @@ impl OutcomeIndex {
         if let Some(awaited) = &mut self.awaited {
             awaited.remove(&(namespace.to_owned(), name.to_owned()));
         }
-        let outcomes = self.outcomes.entry(namespace.to_owned()).or_default();
-        if outcomes.get(name) == Some(&outcome) {
+        if self.get(namespace, name) == Some(&outcome) {
             return BTreeSet::new();
         }
-        let now: BTreeSet<String> = outcome.involved().map(str::to_owned).collect();
-        let before: BTreeSet<String> = outcomes
-            .insert(name.to_owned(), outcome)
-            .map(|previous| previous.involved().map(str::to_owned).collect())
-            .unwrap_or_default();
-        for policy in before.difference(&now) {
-            self.unlink(namespace, policy, name);
+        let previous = self.forget_quietly(namespace, name);
+        let mut touched: BTreeSet<String> = involved(&outcome).collect();
+        for policy in &touched {
+            let tally = self.tally(namespace, policy);
+            tally.involved.insert(name.to_owned());
+            tally.count(policy, name, &outcome, 1);
         }
-        for policy in &now {
-            self.involved
-                .entry((namespace.to_owned(), policy.clone()))
-                .or_default()
-                .insert(name.to_owned());
-        }
-        before.union(&now).cloned().collect()
+        touched.extend(previous);
+        self.outcomes
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned(), outcome);
+        touched
     }
 
     /// Forgets a deleted Deployment. Returns the policies whose status may have changed.
@@ -170,6 +268,11 @@ impl OutcomeIndex {
         if let Some(awaited) = &mut self.awaited {
             awaited.remove(&(namespace.to_owned(), name.to_owned()));
         }
+        self.forget_quietly(namespace, name)
+    }
+
+    /// Removes a Deployment's outcome and its contribution; returns the policies it involved.
+    fn forget_quietly(&mut self, namespace: &str, name: &str) -> BTreeSet<String> {
         let Some(outcomes) = self.outcomes.get_mut(namespace) else {
             return BTreeSet::new();
         };
@@ -179,11 +282,24 @@ impl OutcomeIndex {
         if outcomes.is_empty() {
             self.outcomes.remove(namespace);
         }
-        let touched: BTreeSet<String> = previous.involved().map(str::to_owned).collect();
+        let touched: BTreeSet<String> = involved(&previous).collect();
         for policy in &touched {
-            self.unlink(namespace, policy, name);
+            let key = (namespace.to_owned(), policy.clone());
+            if let Some(tally) = self.tallies.get_mut(&key) {
+                tally.count(policy, name, &previous, -1);
+                tally.involved.remove(name);
+                if tally.involved.is_empty() {
+                    self.tallies.remove(&key);
+                }
+            }
         }
         touched
+    }
+
+    fn tally(&mut self, namespace: &str, policy: &str) -> &mut Tally {
+        self.tallies
+            .entry((namespace.to_owned(), policy.to_owned()))
+            .or_default()
     }
 
     /// The outcome recorded for Deployment `namespace/name`.
@@ -193,10 +309,10 @@ impl OutcomeIndex {
 
     /// The Deployments of `namespace` whose outcome involves `policy`, in name order.
     pub fn involving(&self, namespace: &str, policy: &str) -> impl Iterator<Item = &str> {
-        self.involved
+        self.tallies
             .get(&(namespace.to_owned(), policy.to_owned()))
             .into_iter()
-            .flatten()
+            .flat_map(|t| &t.involved)
             .map(String::as_str)
     }
 
@@ -208,14 +324,19 @@ impl OutcomeIndex {
     }
 
     /// What the outcomes say about `policy` of `namespace`, whose current revision is `revision`.
+    /// It costs the number of Deployments in trouble, not of those matched.
     pub fn summary(&self, namespace: &str, policy: &str, revision: &str) -> Summary {
-        let mut summary = Summary::default();
-        let Some(outcomes) = self.outcomes.get(namespace) else {
-            return summary;
+        let Some(tally) = self.tallies.get(&(namespace.to_owned(), policy.to_owned())) else {
+            return Summary::default();
         };
-        for name in self.involving(namespace, policy) {
-            if let Some(outcome) = outcomes.get(name) {
-                summary.add(policy, revision, name, outcome);
+        let mut summary = Summary {
+            matched: tally.matched,
+            up_to_date: tally.applied.get(revision).copied().unwrap_or(0),
+            ..Summary::default()
+        };
+        for name in &tally.troubled {
+            if let Some(outcome) = self.get(namespace, name) {
+                summary.add_problems(policy, name, outcome);
             }
         }
         summary
@@ -223,17 +344,10 @@ impl OutcomeIndex {
 
     /// The revisions of `policy` that Deployments of `namespace` carry, with how many carry each.
     pub fn carried_revisions(&self, namespace: &str, policy: &str) -> BTreeMap<String, usize> {
-        let mut revisions = BTreeMap::new();
-        let Some(outcomes) = self.outcomes.get(namespace) else {
-            return revisions;
-        };
-        for name in self.involving(namespace, policy) {
-            let carried = outcomes.get(name).into_iter().flat_map(|o| &o.carried);
-            for (_, revision) in carried.filter(|(p, _)| p == policy) {
-                *revisions.entry(revision.clone()).or_insert(0) += 1;
-            }
-        }
-        revisions
+        self.tallies
+            .get(&(namespace.to_owned(), policy.to_owned()))
+            .map(|t| t.carried.clone())
+            .unwrap_or_default()
     }
 
     /// Says which Deployments exist when the controller starts: until each has an outcome (or is
@@ -261,16 +375,15 @@ impl OutcomeIndex {
     pub fn awaited(&self) -> Option<usize> {
         self.awaited.as_ref().map(HashSet::len)
     }
+}
 
-    fn unlink(&mut self, namespace: &str, policy: &str, name: &str) {
-        let key = (namespace.to_owned(), policy.to_owned());
-        if let Some(names) = self.involved.get_mut(&key) {
-            names.remove(name);
-            if names.is_empty() {
-                self.involved.remove(&key);
-            }
-        }
-    }
+/// Every policy an outcome says something about, once each.
+fn involved(outcome: &Outcome) -> impl Iterator<Item = String> {
+    outcome
+        .involved()
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
 }
 
 #[cfg(test)]
@@ -318,10 +431,10 @@ mod tests {
         assert_eq!(touched, BTreeSet::from(["p1".to_owned(), "p2".to_owned()]));
         let p1 = index.summary("ns", "p1", "r1");
         assert_eq!((p1.matched, p1.up_to_date), (1, 0));
-        assert_eq!(p1.blocked.len(), 1, "{p1:?}");
-        assert!(p1.blocked[0].contains("SidecarPolicy \"p2\""), "{p1:?}");
+        assert_eq!(p1.blocked.total, 1, "{p1:?}");
+        assert!(p1.blocked.first[0].contains("SidecarPolicy \"p2\""), "{p1:?}");
         let p2 = index.summary("ns", "p2", "r9");
-        assert_eq!(p2.conflicts.len(), 1);
+        assert_eq!(p2.conflicts.total, 1);
 
         // p2 goes away: p2 is no longer involved.
         let touched = index.record("ns", "web", applied(&["p1"], &[("p1", "r1")]));
@@ -348,6 +461,34 @@ mod tests {
         assert_eq!(index.summary("ns", "p", "r").matched, 1);
         assert!(index.forget("ns", "a").is_empty());
         assert!(index.forget("other", "a").is_empty());
+    }
+
+    #[test]
+    fn a_summary_names_the_first_few_and_counts_the_rest() {
+        let mut index = OutcomeIndex::default();
+        for i in 0..5 {
+            let refused = Outcome {
+                selected: vec!["p".into()],
+                carried: vec![],
+                state: State::Refused(vec![conflict("p")]),
+            };
+            index.record("ns", &format!("d{i}"), refused);
+        }
+        index.record("ns", "ok", applied(&["p"], &[("p", "r")]));
+        let summary = index.summary("ns", "p", "r");
+        assert_eq!((summary.matched, summary.up_to_date), (6, 1));
+        assert_eq!(summary.conflicts.total, 5);
+        assert_eq!(summary.conflicts.first.len(), NAMED);
+        assert!(summary.conflicts.first[0].starts_with("Deployment \"d0\""));
+        assert!(
+            summary.conflicts.text().ends_with("; and 2 more"),
+            "{}",
+            summary.conflicts.text()
+        );
+        // A Deployment that recovers leaves the tally.
+        index.record("ns", "d0", applied(&["p"], &[("p", "r")]));
+        let summary = index.summary("ns", "p", "r");
+        assert_eq!((summary.up_to_date, summary.conflicts.total), (2, 4));
     }
 
     #[test]

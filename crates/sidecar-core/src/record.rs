@@ -31,6 +31,12 @@ pub struct RecordError {
     reason: String,
 }
 
+impl RecordError {
+    pub(crate) fn new(reason: String) -> Self {
+        RecordError { reason }
+    }
+}
+
 /// What renders injected into one Deployment: one entry per policy, in injection order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InjectionRecord {

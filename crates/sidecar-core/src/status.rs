@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
 
 use crate::apply::is_up_to_date;
-use crate::outcome::{Outcome, State, Summary};
+use crate::outcome::{Named, Outcome, State, Summary};
 use crate::problem::ProblemKind;
 use crate::record::InjectionRecord;
 use crate::render::PolicySet;
@@ -79,9 +79,6 @@ pub fn unsupported_server_status(
     }
 }
 
-/// Messages name at most this many Deployments, then say how many more.
-const NAMED: usize = 3;
-
 /// The status of `policy` computed by rendering every Deployment of its namespace. `set` must
 /// hold the namespace's policies (including `policy`).
 ///
@@ -147,26 +144,23 @@ pub fn from_summary(
 
     let own_problems = set.problems(name);
     let invalid = own_problems.first().map(|first| {
-        let message = summarise(own_problems.iter().map(|p| p.field_message()).collect());
-        (first.kind.reason(), message)
+        let mut named = Named::default();
+        for problem in own_problems {
+            named.push_line(problem.field_message());
+        }
+        (first.kind.reason(), named.text())
     });
     let conflict = if !summary.conflicts.is_empty() {
-        Some((
-            ProblemKind::Conflict.reason(),
-            summarise(summary.conflicts.clone()),
-        ))
+        Some((ProblemKind::Conflict.reason(), summary.conflicts.text()))
     } else if !summary.field_conflicts.is_empty() {
-        Some((
-            reasons::FIELD_CONFLICT,
-            summarise(summary.field_conflicts.clone()),
-        ))
+        Some((reasons::FIELD_CONFLICT, summary.field_conflicts.text()))
     } else {
         None
     };
     let degraded = if !summary.blocked.is_empty() {
-        Some((reasons::BLOCKED, summarise(summary.blocked.clone())))
+        Some((reasons::BLOCKED, summary.blocked.text()))
     } else if !summary.write_failures.is_empty() {
-        Some((reasons::WRITE_FAILED, summarise(summary.write_failures.clone())))
+        Some((reasons::WRITE_FAILED, summary.write_failures.text()))
     } else {
         None
     };
@@ -257,14 +251,4 @@ fn condition(
         observed_generation: generation,
         last_transition_time,
     }
-}
-
-fn summarise(mut items: Vec<String>) -> String {
-    let more = items.len().saturating_sub(NAMED);
-    items.truncate(NAMED);
-    let mut text = items.join("; ");
-    if more > 0 {
-        text.push_str(&format!("; and {more} more"));
-    }
-    text
 }

@@ -126,6 +126,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The index keeps its tallies as outcomes come and go: after any sequence of records and
+    /// forgets, every summary equals that of an index that saw only the final outcomes.
+    #[test]
+    fn tallies_survive_any_order_of_changes(
+        (first, then, deployments) in (policies(), policies()).prop_flat_map(|(a, b)| {
+            let all: Vec<SidecarPolicy> = a.iter().chain(&b).cloned().collect();
+            (Just(a), Just(b), fleet(all))
+        }),
+        gone in any::<u8>(),
+    ) {
+        let earlier = PolicySet::new(&first, &Guardrails::default());
+        let later = PolicySet::new(&then, &Guardrails::default());
+        let mut index = OutcomeIndex::default();
+        let mut fresh = OutcomeIndex::default();
+        for d in &deployments {
+            index.record("demo", d.metadata.name.as_deref().unwrap(), observed(&earlier, d));
+        }
+        for (i, d) in deployments.iter().enumerate() {
+            let name = d.metadata.name.as_deref().unwrap();
+            if gone & (1 << i) != 0 {
+                index.forget("demo", name);
+            } else {
+                index.record("demo", name, observed(&later, d));
+                fresh.record("demo", name, observed(&later, d));
+            }
+        }
+        for policy in first.iter().chain(&then) {
+            let name = policy.metadata.name.as_deref().unwrap();
+            let revision = sidecar_core::revision::of(policy);
+            prop_assert_eq!(index.summary("demo", name, &revision), fresh.summary("demo", name, &revision));
+            prop_assert_eq!(index.carried_revisions("demo", name), fresh.carried_revisions("demo", name));
+            prop_assert_eq!(
+                index.involving("demo", name).collect::<Vec<_>>(),
+                fresh.involving("demo", name).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
 /// The fleet generator must give the status property something to compare: Deployments that are
 /// up to date, pending and refused, under policies that match some and not others.
 #[test]

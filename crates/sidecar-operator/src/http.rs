@@ -70,11 +70,7 @@ async fn metrics(State(health): State<Health>) -> (StatusCode, String) {
 
 /// How many cached Deployments carry something the operator injected.
 fn managed(deployments: &Store<DeploymentView>) -> usize {
-    deployments
-        .state()
-        .iter()
-        .filter(|d| matches!(&d.facts.record, Ok(Some(record)) if !record.is_empty()))
-        .count()
+    deployments.state().iter().filter(|d| d.managed).count()
 }
 
 #[cfg(test)]

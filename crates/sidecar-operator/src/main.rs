@@ -9,10 +9,6 @@ use sidecar_operator::controller::Scope;
 use sidecar_operator::leader::{self, Election};
 use sidecar_operator::{crd, http, render_cmd};
 
-/// A render is allocation-bound; mimalloc makes it a third faster (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit codes, as documented in `render --help`.
 const BAD_INPUT: u8 = 1;
 const REFUSED: u8 = 2;

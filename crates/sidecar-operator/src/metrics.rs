@@ -38,6 +38,7 @@ pub struct Metrics {
     writes: Family<WriteLabel, Counter>,
     managed: Gauge,
     synced: Gauge,
+    events_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,6 +52,7 @@ impl Default for Metrics {
         let writes = Family::<WriteLabel, Counter>::default();
         let managed = Gauge::default();
         let synced = Gauge::default();
+        let events_pending = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -73,9 +75,15 @@ impl Default for Metrics {
             "1 once every Deployment that existed at start has been reconciled (its status is known)",
             synced.clone(),
         );
+        registry.register(
+            "events_pending",
+            "Events waiting to be sent (they follow the writes they report)",
+            events_pending.clone(),
+        );
         Metrics {
             registry,
             synced,
+            events_pending,
             reconciles,
             failures,
             duration,
@@ -107,6 +115,14 @@ impl Metrics {
 
     pub fn set_synced(&self, synced: bool) {
         self.synced.set(i64::from(synced));
+    }
+
+    pub fn event_queued(&self) {
+        self.events_pending.inc();
+    }
+
+    pub fn event_sent(&self) {
+        self.events_pending.dec();
     }
 
     /// The OpenMetrics text exposition.

@@ -117,14 +117,11 @@ async fn the_first_revision_is_stored_then_the_status_written_and_nothing_more()
         .await;
     status.unwrap();
 
-    // Triggered again before the revision cache shows the revision: it is not created twice.
-    h.reconcile_policy("shipper", |mut handle| async move {
-        let (_, _, send) = expect_status(&mut handle).await;
-        respond(send, &policy("shipper"));
-        handle
-    })
-    .await
-    .unwrap();
+    // Triggered again before the caches show the revision and the status: neither is written
+    // twice.
+    h.reconcile_policy("shipper", |handle| async move { handle })
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -340,6 +337,72 @@ async fn a_second_policy_that_conflicts_makes_the_first_ones_status_say_so() {
                 .any(|c| c.type_ == "Stalled" && c.status == "True")
         );
         respond(send, &policy("agent"));
+        handle
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn progress_is_written_at_most_once_a_second_but_a_new_condition_at_once() {
+    use sidecar_core::outcome::{Outcome, State};
+    let p = policy("shipper");
+    let deployments = vec![named("a", "web"), named("b", "web"), named("c", "web")];
+    let mut h = Harness::with(
+        vec![DeserializeGuard(Ok(p.clone()))],
+        deployments,
+        vec![revision_of(&p, 1)],
+        Guardrails::default(),
+    );
+    let revision = sidecar_core::revision::of(&p);
+    let outcome = |state| Outcome {
+        selected: vec!["shipper".into()],
+        carried: vec![("shipper".into(), revision.clone())],
+        state,
+    };
+    h.ctx.record_outcome("demo", "a", outcome(State::Applied));
+    h.ctx.record_outcome("demo", "b", outcome(State::Pending));
+    h.ctx.record_outcome("demo", "c", outcome(State::Pending));
+    let written = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let seen = written.clone();
+    h.reconcile_policy("shipper", |mut handle| async move {
+        let (status, _, send) = expect_status(&mut handle).await;
+        assert_eq!(
+            (
+                status["matchedDeployments"].as_i64(),
+                status["upToDateDeployments"].as_i64()
+            ),
+            (Some(3), Some(1))
+        );
+        *seen.lock().unwrap() = status;
+        respond(send, &policy("shipper"));
+        handle
+    })
+    .await
+    .unwrap();
+    let mut with_status = p.clone();
+    with_status.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
+    h.policy_event(Event::Apply(DeserializeGuard(Ok(with_status))));
+
+    // One more Deployment done: only the counts change, and the last write was just now.
+    h.ctx.record_outcome("demo", "b", outcome(State::Applied));
+    let action = h
+        .reconcile_policy("shipper", |handle| async move { handle })
+        .await
+        .unwrap();
+    assert_ne!(
+        action,
+        kube::runtime::controller::Action::await_change(),
+        "it comes back for the progress"
+    );
+
+    // The last one: Ready turns True, which is written at once.
+    h.ctx.record_outcome("demo", "c", outcome(State::Applied));
+    h.reconcile_policy("shipper", |mut handle| async move {
+        let (status, _, send) = expect_status(&mut handle).await;
+        assert_eq!(status["upToDateDeployments"], 3);
+        assert_eq!(status["conditions"][0]["status"], "True");
+        respond(send, &policy("shipper"));
         handle
     })
     .await

@@ -175,6 +175,9 @@ async fn opting_out_removes_the_sidecars() {
 async fn a_conflict_writes_nothing_and_warns_on_both_objects_once() {
     let mut h = Harness::new(vec![policy("web")], vec![deployment()]);
     h.reconcile("web", |mut handle| async move {
+        let query = expect_event_lookup(&mut handle, vec![]).await;
+        assert!(query.contains("regarding.name%3Dweb"), "{query}");
+        assert!(query.contains("reason%3DConflict"), "{query}");
         assert_eq!(
             expect_event(&mut handle).await,
             ("Conflict".into(), "Warning".into(), "Deployment".into())
@@ -189,6 +192,30 @@ async fn a_conflict_writes_nothing_and_warns_on_both_objects_once() {
     .unwrap();
     // The same refusal again (a resync, another trigger): no new Events.
     h.reconcile("web", |handle| async move { handle }).await.unwrap();
+    assert!(matches!(
+        h.ctx.outcomes().get("demo", "web").unwrap().state,
+        State::Refused(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_refusal_an_earlier_process_reported_is_not_reported_again() {
+    let mut h = Harness::new(vec![policy("web")], vec![deployment()]);
+    h.reconcile("web", |mut handle| async move {
+        let note = "not changed: SidecarPolicy \"shipper\" spec.sidecars[0].name: container name \"web\" is already used by Deployment \"web\" (spec.template.spec.containers[0])";
+        let earlier = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "web.1", "namespace": "demo"},
+            "eventTime": "2026-12-01T10:00:00.000000Z",
+            "reason": "Conflict", "note": note, "type": "Warning", "action": "Render",
+            "reportingController": "sidecar-operator", "reportingInstance": "sidecar-operator-0",
+            "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "demo"},
+        });
+        expect_event_lookup(&mut handle, vec![earlier]).await;
+        handle
+    })
+    .await
+    .unwrap();
     assert!(matches!(
         h.ctx.outcomes().get("demo", "web").unwrap().state,
         State::Refused(_)
@@ -360,6 +387,7 @@ async fn an_unreadable_policy_leaves_its_namespace_untouched_and_says_why_once()
         Guardrails::default(),
     );
     h.reconcile("web", |mut handle| async move {
+        expect_event_lookup(&mut handle, vec![]).await;
         let (reason, type_, kind) = expect_event(&mut handle).await;
         assert_eq!(
             (reason.as_str(), type_.as_str(), kind.as_str()),

@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::FutureExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
+use std::time::{Duration, Instant};
+
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
+use sidecar_api::SidecarPolicyStatus;
 use sidecar_core::Guardrails;
 use sidecar_core::outcome::{Outcome, OutcomeIndex};
 
+use super::events::Events;
 use super::policy_sets::{NamespacePolicies, PolicySets};
 use super::view::DeploymentView;
 use super::{FIELD_MANAGER, GuardedPolicy};
@@ -86,11 +90,20 @@ pub(crate) struct Written {
     pub plan: u64,
 }
 
+/// What recording an outcome changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The outcome differs from the last one recorded (which is when the user hears about it).
+    pub changed: bool,
+    /// No outcome was recorded before in this process: an earlier one may have reported it.
+    pub first: bool,
+}
+
 pub struct Context {
     pub client: Client,
     pub caches: Caches,
     pub guardrails: Guardrails,
-    pub recorder: Recorder,
+    pub events: Events,
     /// Why the API server cannot run native sidecars, if it cannot: then nothing is written to
     /// Deployments and every policy's status says so.
     pub unsupported_server: Option<String>,
@@ -102,6 +115,9 @@ pub struct Context {
     /// Consecutive failures per object, for exponential backoff.
     deployment_failures: Mutex<HashMap<ObjectRef<DeploymentView>, u32>>,
     policy_failures: Mutex<HashMap<ObjectRef<GuardedPolicy>, u32>>,
+    /// Each policy's status as last written, and when: the cache may not show it yet, and
+    /// progress is written at most once per interval.
+    status_written: Mutex<HashMap<ObjectRef<GuardedPolicy>, (SidecarPolicyStatus, Instant)>>,
     /// Revision writes the revision cache may not show yet, by (namespace, policy, hash): the
     /// number written, or `None` for a deletion.
     revisions_written: Mutex<HashMap<(String, String, String), Option<i64>>>,
@@ -127,26 +143,39 @@ impl Context {
             controller: FIELD_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let metrics = Arc::<Metrics>::default();
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Events::inline(client.clone(), reporter, metrics.clone()),
             client,
             caches,
             guardrails,
             unsupported_server: None,
-            metrics: Arc::default(),
+            metrics,
             triggers,
             policy_sets: PolicySets::default(),
             outcomes: Mutex::default(),
             written: Mutex::default(),
             deployment_failures: Mutex::default(),
             policy_failures: Mutex::default(),
+            status_written: Mutex::default(),
             revisions_written: Mutex::default(),
         }
     }
 
     /// Shares `metrics` with the HTTP endpoint.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        self.events = Events::inline(self.client.clone(), reporter, metrics.clone());
         self.metrics = metrics;
+        self
+    }
+
+    /// Sends Events from the background, so that reconciles never wait for them.
+    pub fn with_background_events(mut self) -> Self {
+        self.events = self.events.in_background();
         self
     }
 
@@ -183,21 +212,24 @@ impl Context {
     }
 
     /// Records the outcome of a Deployment reconcile and triggers the status of every policy
-    /// whose status it may change. Returns whether the outcome differs from the last one (which
-    /// is when the user hears about it: Events are sent on transitions only).
-    pub fn record_outcome(&self, namespace: &str, name: &str, outcome: Outcome) -> bool {
-        let (changed, touched, synced_now) = {
+    /// whose status it may change. Events are sent on transitions only: see [`Transition`].
+    pub fn record_outcome(&self, namespace: &str, name: &str, outcome: Outcome) -> Transition {
+        let (transition, touched, synced_now) = {
             let mut outcomes = lock(&self.outcomes);
             let was_synced = outcomes.is_synced();
-            let changed = outcomes.get(namespace, name) != Some(&outcome);
+            let previous = outcomes.get(namespace, name);
+            let transition = Transition {
+                changed: previous != Some(&outcome),
+                first: previous.is_none(),
+            };
             let touched = outcomes.record(namespace, name, outcome);
-            (changed, touched, !was_synced && outcomes.is_synced())
+            (transition, touched, !was_synced && outcomes.is_synced())
         };
         self.trigger_policies(namespace, &touched);
         if synced_now {
             self.trigger_all_policies();
         }
-        changed
+        transition
     }
 
     /// Forgets a deleted Deployment: its outcome (triggering its policies' status), and the
@@ -296,9 +328,26 @@ impl Context {
         lock(&self.policy_failures).remove(policy);
     }
 
+    /// The status this process last wrote for `policy` (its cached copy may be older), and how
+    /// long ago.
+    pub(crate) fn written_status(
+        &self,
+        policy: &ObjectRef<GuardedPolicy>,
+    ) -> Option<(SidecarPolicyStatus, Duration)> {
+        lock(&self.status_written)
+            .get(policy)
+            .map(|(status, at)| (status.clone(), at.elapsed()))
+    }
+
+    pub(crate) fn status_was_written(&self, policy: ObjectRef<GuardedPolicy>, status: SidecarPolicyStatus) {
+        lock(&self.status_written).insert(policy, (status, Instant::now()));
+    }
+
     /// Forgets the bookkeeping of a deleted policy.
     pub fn forget_policy(&self, namespace: &str, name: &str) {
-        lock(&self.policy_failures).remove(&ObjectRef::new(name).within(namespace));
+        let key = ObjectRef::new(name).within(namespace);
+        lock(&self.status_written).remove(&key);
+        lock(&self.policy_failures).remove(&key);
         lock(&self.revisions_written).retain(|(ns, policy, _), _| !(ns == namespace && policy == name));
     }
 

@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 
-pub use context::{CACHE_RETRY, Caches, Context, TriggerStreams, Triggers};
+pub use context::{CACHE_RETRY, Caches, Context, Transition, TriggerStreams, Triggers};
 pub use dispatch::Dispatch;
 pub use error::Error;
 pub use policy_sets::{NamespacePolicies, PolicySets};
@@ -110,7 +110,8 @@ impl Scope {
         let (triggers, streams) = Triggers::new();
         let ctx = Context::new(client, caches, guardrails, triggers)
             .with_unsupported_server(unsupported_server)
-            .with_metrics(metrics);
+            .with_metrics(metrics)
+            .with_background_events();
         Scope {
             ctx: Arc::new(ctx),
             streams,

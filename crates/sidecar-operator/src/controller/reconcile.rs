@@ -14,13 +14,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidecar_core::outcome::{Outcome, State};
-use sidecar_core::{InjectionRecord, Plan, Refusal, init_container_names};
+use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, Refusal, init_container_names};
 use tracing::{debug, info, instrument, warn};
 
 use super::FIELD_MANAGER;
 use super::context::{CACHE_RETRY, Context, Written};
 use super::error::{Error, backoff};
-use super::events::publish;
+use super::events::{Report, reported_before};
 use super::view::DeploymentView;
 
 #[instrument(skip_all, fields(deployment = %view.name(), namespace = %view.namespace()))]
@@ -34,6 +34,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
     }
     let key = ObjectRef::from_obj(&*view);
     let (namespace, name) = (view.namespace(), view.name());
+    let facts = view.facts();
     let policies = ctx.namespace_policies(namespace);
     let selected: Vec<String> = policies
         .set
@@ -43,7 +44,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         .collect();
     let outcome = |state| Outcome {
         selected: selected.clone(),
-        carried: carried(&view),
+        carried: carried(&facts),
         state,
     };
 
@@ -55,33 +56,36 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             policy: policy.clone(),
             message: invalid.error.clone(),
         };
-        if ctx.record_outcome(namespace, name, outcome(state)) {
+        let transition = ctx.record_outcome(namespace, name, outcome(state));
+        if transition.changed {
             warn!(%policy, "SidecarPolicy cannot be decoded: {}", invalid.error);
             let note = format!(
                 "not changed: SidecarPolicy {policy:?} in this namespace cannot be read: {}",
                 invalid.error
             );
-            publish(
-                &ctx,
-                &reference(&view),
+            let report = Report::new(
+                reference(&view),
                 EventType::Warning,
                 "UnreadablePolicy",
                 "Render",
                 note,
-            )
-            .await;
+            );
+            if !(transition.first && reported_before(&ctx.client, &report).await) {
+                ctx.events.publish(report).await;
+            }
         }
         ctx.deployment_succeeded(&key);
         return Ok(Action::await_change());
     }
 
-    let plan = match policies.set.plan(&view.metadata, &view.facts) {
+    let plan = match policies.set.plan(&view.metadata, &facts) {
         Ok(plan) => plan,
         Err(refusal) => {
             let state = State::Refused(refusal.problems.clone());
-            if ctx.record_outcome(namespace, name, outcome(state)) {
+            let transition = ctx.record_outcome(namespace, name, outcome(state));
+            if transition.changed {
                 warn!(problems = refusal.problems.len(), "render refused: {refusal}");
-                report_refusal(&ctx, &view, &refusal).await;
+                report_refusal(&ctx, &view, &refusal, transition.first).await;
             }
             ctx.deployment_succeeded(&key);
             return Ok(Action::await_change());
@@ -97,7 +101,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             .collect(),
         state: State::Applied,
     };
-    if plan.is_applied(&view.facts) {
+    if plan.is_applied(&facts) {
         ctx.settled(&key);
         ctx.record_outcome(namespace, name, applied);
         ctx.deployment_succeeded(&key);
@@ -122,7 +126,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             );
             ctx.record_outcome(namespace, name, applied);
             ctx.deployment_succeeded(&key);
-            report_change(&ctx, &view, &plan).await;
+            report_change(&ctx, &view, &facts, &plan).await;
             Ok(Action::await_change())
         }
         Err(error) => {
@@ -148,8 +152,8 @@ pub fn error_policy(view: Arc<DeploymentView>, error: &Error, ctx: Arc<Context>)
 }
 
 /// The policies and revisions the stored Deployment carries, from its record.
-fn carried(view: &DeploymentView) -> Vec<(String, String)> {
-    match &view.facts.record {
+fn carried(facts: &DeploymentFacts) -> Vec<(String, String)> {
+    match &facts.record {
         Ok(Some(record)) => record
             .policies
             .iter()
@@ -181,6 +185,7 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
         .await
         .map_err(|e| Error::from_deployment_write(namespace, name, e))?;
     ctx.metrics.wrote("apply");
+    ctx.events.deployment_written();
     let mut resource_versions: Vec<String> = stored.resource_version().into_iter().collect();
     let reordered = ensure_order(ctx, &api, &stored, &plan.init_order)
         .await
@@ -239,8 +244,8 @@ fn reference(view: &DeploymentView) -> ObjectReference {
 }
 
 /// A Normal Event on the Deployment saying what the write changed.
-async fn report_change(ctx: &Context, view: &DeploymentView, plan: &Plan) {
-    let before = match &view.facts.record {
+async fn report_change(ctx: &Context, view: &DeploymentView, facts: &DeploymentFacts, plan: &Plan) {
+    let before = match &facts.record {
         Ok(Some(record)) => record.clone(),
         _ => InjectionRecord::default(),
     };
@@ -249,15 +254,8 @@ async fn report_change(ctx: &Context, view: &DeploymentView, plan: &Plan) {
         return;
     };
     info!(reason, "{note}");
-    publish(
-        ctx,
-        &reference(view),
-        EventType::Normal,
-        reason,
-        "Reconcile",
-        note,
-    )
-    .await;
+    let report = Report::new(reference(view), EventType::Normal, reason, "Reconcile", note);
+    ctx.events.publish(report).await;
 }
 
 /// The Event reason and note for a change from `before` to `after`; `None` when only the record's
@@ -294,8 +292,9 @@ fn describe_change(before: &InjectionRecord, after: &InjectionRecord) -> Option<
     })
 }
 
-/// A Warning Event on the Deployment, and one on every policy at fault.
-async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal) {
+/// A Warning Event on the Deployment, and one on every policy at fault. After a restart (`first`),
+/// a refusal that an earlier process reported already is not reported again.
+async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal, first: bool) {
     let text = refusal
         .problems
         .iter()
@@ -303,15 +302,17 @@ async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal)
         .collect::<Vec<_>>()
         .join("; ");
     let reason = refusal.problems.first().map_or("Refused", |p| p.kind.reason());
-    publish(
-        ctx,
-        &reference(view),
+    let on_deployment = Report::new(
+        reference(view),
         EventType::Warning,
         reason,
         "Render",
         format!("not changed: {text}"),
-    )
-    .await;
+    );
+    if first && reported_before(&ctx.client, &on_deployment).await {
+        return;
+    }
+    ctx.events.publish(on_deployment).await;
     let mut at_fault: Vec<&str> = refusal
         .problems
         .iter()
@@ -342,14 +343,13 @@ async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal)
             refusal.deployment,
             own.join("; ")
         );
-        publish(
-            ctx,
-            &stored.object_ref(&()),
+        let report = Report::new(
+            stored.object_ref(&()),
             EventType::Warning,
             first.kind.reason(),
             "Render",
             note,
-        )
-        .await;
+        );
+        ctx.events.publish(report).await;
     }
 }

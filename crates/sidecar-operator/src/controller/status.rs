@@ -2,6 +2,7 @@
 //! index and write it only when it changed. Nothing here renders a Deployment.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -17,7 +18,7 @@ use tracing::{debug, instrument, warn};
 
 use super::context::{CACHE_RETRY, Context};
 use super::error::{Error, backoff};
-use super::events::publish;
+use super::events::{Report, reported_before};
 use super::revisions::sync_history;
 use super::{FIELD_MANAGER, GuardedPolicy};
 
@@ -33,22 +34,26 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
                 "cannot be decoded, so no Deployment in this namespace is changed: {}",
                 invalid.error
             );
-            publish(
-                &ctx,
-                &guarded.object_ref(&()),
+            // After a restart, an earlier process may have said so already.
+            let report = Report::new(
+                guarded.object_ref(&()),
                 EventType::Warning,
                 "UnreadablePolicy",
                 "Decode",
                 note,
-            )
-            .await;
+            );
+            if !reported_before(&ctx.client, &report).await {
+                ctx.events.publish(report).await;
+            }
             return Ok(Action::await_change());
         }
     };
     let now = Time(Timestamp::now());
     if let Some(reason) = &ctx.unsupported_server {
         let status = unsupported_server_status(policy, reason, policy.status.as_ref(), &now);
-        write_status(&ctx, policy, status).await?;
+        if policy.status.as_ref() != Some(&status) {
+            write_status(&ctx, policy, &status).await?;
+        }
         ctx.policy_succeeded(&key);
         return Ok(Action::await_change());
     }
@@ -72,11 +77,59 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
     sync_history(&ctx, policy, &revision).await?;
 
     let summary = ctx.outcomes().summary(&namespace, &name, &revision);
-    let status = from_summary(policy, &policies.set, &summary, policy.status.as_ref(), &now);
-    report_invalid(&ctx, policy, &status).await;
-    write_status(&ctx, policy, status).await?;
+    // The status this process wrote last is newer than the cached one until the cache catches
+    // up; comparing with the cached one would write the same status again.
+    let written = ctx.written_status(&key);
+    let previous = match &written {
+        Some((status, _))
+            if policy.status.as_ref() != Some(status)
+                && policy.metadata.generation == status.observed_generation =>
+        {
+            Some(status)
+        }
+        _ => policy.status.as_ref(),
+    };
+    let status = from_summary(policy, &policies.set, &summary, previous, &now);
+    if previous == Some(&status) {
+        debug!("status unchanged");
+        ctx.policy_succeeded(&key);
+        return Ok(Action::await_change());
+    }
+    // While a thousand Deployments converge, counts change a thousand times: progress is written
+    // at most once per interval; a condition that changes is written at once.
+    if only_progress(previous, &status)
+        && let Some((_, ago)) = written
+        && let Some(wait) = PROGRESS_INTERVAL.checked_sub(ago).filter(|w| !w.is_zero())
+    {
+        return Ok(Action::requeue(wait));
+    }
+    report_invalid(&ctx, policy, previous, &status).await;
+    write_status(&ctx, policy, &status).await?;
+    ctx.status_was_written(key.clone(), status);
     ctx.policy_succeeded(&key);
     Ok(Action::await_change())
+}
+
+/// How often a status that only reports progress (counts, messages) is written, at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether `next` differs from `previous` in counts and messages only: the same generation,
+/// revision, and conditions (type, status, reason).
+fn only_progress(previous: Option<&SidecarPolicyStatus>, next: &SidecarPolicyStatus) -> bool {
+    let Some(previous) = previous else {
+        return false;
+    };
+    /// A condition's type, status and reason.
+    type Shape<'s> = (&'s str, &'s str, &'s str);
+    fn shape(s: &SidecarPolicyStatus) -> (Option<i64>, Option<&str>, Vec<Shape<'_>>) {
+        let conditions = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        (s.observed_generation, s.current_revision.as_deref(), conditions)
+    }
+    shape(previous) == shape(next)
 }
 
 /// Retries with exponential backoff per policy.
@@ -90,12 +143,8 @@ pub fn status_error_policy(policy: Arc<GuardedPolicy>, error: &Error, ctx: Arc<C
 async fn write_status(
     ctx: &Context,
     policy: &SidecarPolicy,
-    status: SidecarPolicyStatus,
+    status: &SidecarPolicyStatus,
 ) -> Result<(), Error> {
-    if policy.status.as_ref() == Some(&status) {
-        debug!("status unchanged");
-        return Ok(());
-    }
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let api: Api<SidecarPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -116,23 +165,28 @@ async fn write_status(
 
 /// A Warning Event on the policy when it turns invalid (or refused by the guardrails), once: the
 /// Deployments it selects each get their own Event when they are refused.
-async fn report_invalid(ctx: &Context, policy: &SidecarPolicy, status: &SidecarPolicyStatus) {
+async fn report_invalid(
+    ctx: &Context,
+    policy: &SidecarPolicy,
+    previous: Option<&SidecarPolicyStatus>,
+    status: &SidecarPolicyStatus,
+) {
     let invalid = |s: Option<&SidecarPolicyStatus>| {
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::INVALID))
             .filter(|c| c.status == "True")
             .map(|c| (c.reason.clone(), c.message.clone()))
     };
     if let Some((reason, message)) = invalid(Some(status))
-        && invalid(policy.status.as_ref()) != Some((reason.clone(), message.clone()))
+        && invalid(previous) != Some((reason.clone(), message.clone()))
     {
-        publish(
-            ctx,
-            &policy.object_ref(&()),
+        let note = format!("no Deployment gets this policy until it is fixed: {message}");
+        let report = Report::new(
+            policy.object_ref(&()),
             EventType::Warning,
             &reason,
             "Validate",
-            format!("no Deployment gets this policy until it is fixed: {message}"),
-        )
-        .await;
+            note,
+        );
+        ctx.events.publish(report).await;
     }
 }

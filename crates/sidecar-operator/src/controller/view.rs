@@ -3,9 +3,11 @@
 //! A full `Deployment` from k8s-openapi is tens of kilobytes in memory once its containers and
 //! volumes are decoded (a `Container` is 2.3 KB before its heap parts), and the watch cache holds
 //! every Deployment of the cluster. [`DeploymentView`] decodes the Deployment from the watch and
-//! keeps its identity, labels, the opt-out annotation and the engine's [`DeploymentFacts`]; the
-//! rest (status, `managedFields`, the owner's containers, `last-applied-configuration`) is
-//! dropped before it reaches the cache.
+//! keeps its identity, labels and opt-out annotation, and the engine's [`DeploymentFacts`] in
+//! their compact text form (about a kilobyte; decoded, with their maps and small strings, they
+//! take three or four times that), expanded only when the Deployment is planned. The rest
+//! (status, `managedFields`, the owner's containers, `last-applied-configuration`) is dropped
+//! before it reaches the cache.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -24,9 +26,13 @@ use sidecar_core::DeploymentFacts;
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentView {
     /// Name, namespace, uid, resourceVersion, generation, labels, and of the annotations only the
-    /// opt-out one (`sidecar.dev/inject`); the record annotation is parsed into `facts`.
+    /// opt-out one (`sidecar.dev/inject`); the record annotation is in the facts.
     pub metadata: ObjectMeta,
-    pub facts: DeploymentFacts,
+    /// [`DeploymentFacts::compact`]; see [`DeploymentView::facts`].
+    facts: Box<str>,
+    /// Whether it carries a record of something injected (for the `deployments_managed` gauge,
+    /// which must not decode every Deployment's facts).
+    pub managed: bool,
     /// A hash of what decisions read (uid, labels, the opt-out annotation, the facts): equal
     /// hashes mean nothing that matters changed (a status update, a new image for the owner's
     /// container, someone else's annotation), so nothing is triggered.
@@ -53,14 +59,22 @@ impl DeploymentView {
             annotations: (!annotations.is_empty()).then_some(annotations),
             ..ObjectMeta::default()
         };
-        let facts = DeploymentFacts::of(deployment);
+        let facts = DeploymentFacts::compact(deployment).into_boxed_str();
+        let managed =
+            matches!(sidecar_core::InjectionRecord::read(deployment), Ok(Some(record)) if !record.is_empty());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&metadata.uid, &metadata.labels, &metadata.annotations, &facts).hash(&mut hasher);
         DeploymentView {
             metadata,
             facts,
+            managed,
             content: hasher.finish(),
         }
+    }
+
+    /// What the engine needs to plan this Deployment (decoded from the cached text).
+    pub fn facts(&self) -> DeploymentFacts {
+        DeploymentFacts::expand(&self.facts)
     }
 
     /// The Deployment's name.
@@ -155,8 +169,15 @@ mod tests {
             )]))
         );
         assert!(view.metadata.managed_fields.is_none());
-        assert_eq!(view.facts.owner.containers[0].name, "web");
-        assert_eq!(view.facts.owner.containers[0].ports[0].number, 80);
+        let facts = view.facts();
+        assert_eq!(facts.owner.containers[0].name, "web");
+        assert_eq!(facts.owner.containers[0].ports[0].number, 80);
+        let full: Deployment = serde_json::from_value(deployment("1", 3)).unwrap();
+        assert_eq!(
+            facts,
+            DeploymentFacts::of(&full),
+            "the cached form holds the same facts"
+        );
     }
 
     #[test]

@@ -270,14 +270,26 @@ impl Harness {
         F: std::future::Future<Output = ApiHandle> + Send + 'static,
     {
         let handle = self.handle.take().expect("one scenario at a time");
-        let mut handle = tokio::spawn(scenario(handle))
-            .await
-            .expect("the controller made every expected request");
-        let result = tokio::select! {
-            result = &mut task => result.unwrap(),
-            request = handle.next_request() => match request {
-                Some((request, _)) => panic!("unexpected request: {} {}", request.method(), request.uri()),
-                None => task.await.unwrap(),
+        let mut scenario = tokio::spawn(scenario(handle));
+        let (mut handle, finished) = tokio::select! {
+            handle = &mut scenario => (handle.expect("the controller made every expected request"), None),
+            result = &mut task => {
+                // The reconcile ended: a scenario still waiting for a request would wait forever.
+                let handle = tokio::time::timeout(std::time::Duration::from_secs(10), &mut scenario)
+                    .await
+                    .unwrap_or_else(|_| panic!("the reconcile ended ({result:?}) before making every request the scenario expects"))
+                    .expect("the controller made every expected request");
+                (handle, Some(result.unwrap()))
+            }
+        };
+        let result = match finished {
+            Some(result) => result,
+            None => tokio::select! {
+                result = &mut task => result.unwrap(),
+                request = handle.next_request() => match request {
+                    Some((request, _)) => panic!("unexpected request: {} {}", request.method(), request.uri()),
+                    None => task.await.unwrap(),
+                },
             },
         };
         self.handle = Some(handle);
@@ -343,6 +355,24 @@ pub async fn expect_apply(handle: &mut ApiHandle) -> (Value, SendResponse<Respon
         "the operator never forces"
     );
     (body, send)
+}
+
+/// Expects the look for an Event an earlier process may have sent (after a restart, a refusal is
+/// reported once, not once per process), and answers with `existing` Events.
+pub async fn expect_event_lookup(handle: &mut ApiHandle, existing: Vec<Value>) -> String {
+    let (request, _, send) = next(handle).await;
+    assert_eq!(request.method(), Method::GET);
+    assert_eq!(
+        request.uri().path(),
+        "/apis/events.k8s.io/v1/namespaces/demo/events"
+    );
+    let query = query(&request);
+    assert!(query.contains("fieldSelector="), "{query}");
+    respond(
+        send,
+        &json!({"apiVersion": "events.k8s.io/v1", "kind": "EventList", "metadata": {}, "items": existing}),
+    );
+    query
 }
 
 /// Expects an Event (a new one, or the next of a series kube's recorder keeps) and returns

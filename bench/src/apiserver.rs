@@ -1,0 +1,154 @@
+//! Writes as the API server counts them: `apiserver_request_total` from its `/metrics`.
+//!
+//! Counting on the server side counts every write, whoever makes it, so a scenario's count is
+//! taken between two snapshots while only the operator writes (the harness's own writes happen
+//! before the first snapshot). kube-controller-manager's writes are told apart by what they are:
+//! it updates (PUT) Deployments and writes their status, the operator only patches.
+
+use std::collections::BTreeMap;
+
+use kube::Client;
+
+/// `(group, resource, subresource, verb)` to request count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot(BTreeMap<(String, String, String, String), f64>);
+
+/// The operator's writes between two snapshots, by what was written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// Server-side applies and merge patches of Deployments.
+    pub deployments: u64,
+    /// Patches of SidecarPolicy status.
+    pub policy_status: u64,
+    /// Events created or patched (a series).
+    pub events: u64,
+    /// ControllerRevisions created, patched or deleted.
+    pub revisions: u64,
+}
+
+impl Writes {
+    pub fn total(&self) -> u64 {
+        self.deployments + self.policy_status + self.events + self.revisions
+    }
+}
+
+impl std::fmt::Display for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} Deployment, {} status, {} Event, {} revision",
+            self.deployments, self.policy_status, self.events, self.revisions
+        )
+    }
+}
+
+pub async fn snapshot(client: &Client) -> Result<Snapshot, kube::Error> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    Ok(parse(&client.request_text(request).await?))
+}
+
+/// Reads the `apiserver_request_total` samples of a Prometheus text exposition.
+pub fn parse(text: &str) -> Snapshot {
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let key = (
+            label("group"),
+            label("resource"),
+            label("subresource"),
+            label("verb"),
+        );
+        *counts.entry(key).or_insert(0.0) += value;
+    }
+    Snapshot(counts)
+}
+
+impl Snapshot {
+    fn count(&self, group: &str, resource: &str, subresource: &str, verbs: &[&str]) -> f64 {
+        self.0
+            .iter()
+            .filter(|((g, r, s, v), _)| {
+                g == group && r == resource && s == subresource && verbs.contains(&v.as_str())
+            })
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// The operator's writes from `earlier` to this snapshot.
+    pub fn writes_since(&self, earlier: &Snapshot) -> Writes {
+        let delta = |group, resource, subresource, verbs: &[&str]| {
+            let after = self.count(group, resource, subresource, verbs);
+            let before = earlier.count(group, resource, subresource, verbs);
+            // Counters only grow; a restarted server would make this negative.
+            (after - before).max(0.0).round() as u64
+        };
+        Writes {
+            deployments: delta("apps", "deployments", "", &["APPLY", "PATCH"]),
+            policy_status: delta("sidecar.dev", "sidecarpolicies", "status", &["APPLY", "PATCH"]),
+            events: delta(
+                "events.k8s.io",
+                "events",
+                "",
+                &["POST", "CREATE", "PATCH", "APPLY"],
+            ) + delta("", "events", "", &["POST", "CREATE", "PATCH", "APPLY"]),
+            revisions: delta(
+                "apps",
+                "controllerrevisions",
+                "",
+                &["POST", "CREATE", "PATCH", "APPLY", "DELETE"],
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_the_operators_writes_only() {
+        let before = parse(
+            r#"# HELP apiserver_request_total Counter of apiserver requests
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="",verb="APPLY",version="v1"} 10
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="",verb="PUT",version="v1"} 4
+"#,
+        );
+        let after = parse(
+            r#"apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="",verb="APPLY",version="v1"} 25
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="",verb="APPLY",version="v1"} 2
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="",verb="PUT",version="v1"} 40
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="status",verb="PUT",version="v1"} 7
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="events.k8s.io",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 3
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="sidecar.dev",resource="sidecarpolicies",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 1
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="apps",resource="controllerrevisions",scope="resource",subresource="",verb="POST",version="v1"} 1
+"#,
+        );
+        assert_eq!(
+            after.writes_since(&before),
+            Writes {
+                deployments: 17,
+                policy_status: 1,
+                events: 3,
+                revisions: 1
+            },
+            "kube-controller-manager's updates and status writes are not the operator's"
+        );
+    }
+}
