@@ -297,7 +297,7 @@ fn rbac_is_the_documented_least_privilege() {
                 &[],
                 &["list", "watch", "create", "patch", "delete"]
             ),
-            grant("events.k8s.io", "events", &[], &["list", "create", "patch"]),
+            grant("events.k8s.io", "events", &[], &["create"]),
         ]
     );
     // The Lease is the only thing granted by name, and only in the operator's own namespace.

@@ -22,8 +22,18 @@ pub(crate) const SIDECAR_RESTART_POLICY: &str = "Always";
 /// A container port as the API server keys it: number and protocol (TCP when unset).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Port {
+    #[serde(rename = "n")]
     pub number: i32,
+    #[serde(rename = "p", default = "tcp", skip_serializing_if = "is_tcp")]
     pub protocol: String,
+}
+
+fn tcp() -> String {
+    "TCP".to_owned()
+}
+
+fn is_tcp(protocol: &String) -> bool {
+    protocol == "TCP"
 }
 
 impl Port {
@@ -38,44 +48,47 @@ impl Port {
 /// One of the owner's app containers (`spec.template.spec.containers`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AppContainerFacts {
+    #[serde(rename = "n")]
     pub name: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
     /// Mount paths, in the container's order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "m", default, skip_serializing_if = "Vec::is_empty")]
     pub mount_paths: Vec<String>,
     /// Env var names, in the container's order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "e", default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
 }
 
 /// One of the owner's init containers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct InitContainerFacts {
+    #[serde(rename = "n")]
     pub name: String,
     /// A native sidecar (`restartPolicy: Always`): it runs beside the app, so its ports count.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(rename = "s", default, skip_serializing_if = "std::ops::Not::not")]
     pub sidecar: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
 }
 
-/// The owner's pod template, reduced to what must stay unique in it.
+/// The owner's pod template, reduced to what must stay unique in it. (Serialised with short
+/// names: the controller caches thousands of these as text.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodFacts {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "c", default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<AppContainerFacts>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "i", default, skip_serializing_if = "Vec::is_empty")]
     pub init_containers: Vec<InitContainerFacts>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "e", default, skip_serializing_if = "Vec::is_empty")]
     pub ephemeral_containers: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "v", default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(rename = "a", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub share_process_namespace: Option<bool>,
 }
 

@@ -10,10 +10,12 @@
 //!
 //! The hash must not change between releases for the same content: it is computed over JSON
 //! with sorted keys, fields left at their default are omitted by the API types, and the hash
-//! function (FNV-1a, 64 bit) is fixed here rather than taken from `std`, whose hasher may change.
+//! function (FNV-1a, 64 bit) is fixed rather than taken from `std`, whose hasher may change.
 
 use std::collections::BTreeSet;
+use std::hash::Hasher;
 
+use fnv::FnvHasher;
 use serde_json::{Map, Value};
 use sidecar_api::{SidecarPolicy, SidecarPolicySpec};
 
@@ -39,9 +41,10 @@ pub fn content(spec: &SidecarPolicySpec) -> Value {
 
 /// The revision hash of `content` (see [`content`]): `HASH_LEN` lower-case hex digits.
 pub fn hash(content: &Value) -> String {
-    let mut hasher = Fnv::default();
+    // FNV-1a: stable across releases and platforms, unlike `std`'s hasher.
+    let mut hasher = FnvHasher::default();
     canonical(content, &mut hasher);
-    let mut text = format!("{:016x}", hasher.0);
+    let mut text = format!("{:016x}", hasher.finish());
     text.truncate(HASH_LEN);
     text
 }
@@ -123,7 +126,7 @@ pub fn history(current: &str, stored: &[Stored], carried: &BTreeSet<String>, lim
 }
 
 /// Writes `value` as JSON with object keys sorted, whatever order the map keeps them in.
-fn canonical(value: &Value, out: &mut Fnv) {
+fn canonical(value: &Value, out: &mut FnvHasher) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
@@ -150,24 +153,6 @@ fn canonical(value: &Value, out: &mut Fnv) {
             out.write(b"]");
         }
         scalar => out.write(scalar.to_string().as_bytes()),
-    }
-}
-
-/// FNV-1a, 64 bit.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
     }
 }
 

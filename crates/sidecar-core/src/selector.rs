@@ -59,20 +59,66 @@ pub fn validate(selector: &LabelSelector) -> Result<(), SelectorError> {
     Ok(())
 }
 
+/// An object's labels, however they are kept.
+pub trait Labels {
+    /// The value of label `key`.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+/// Labels in a sorted boxed slice: a third of a `BTreeMap`'s memory for the handful of labels an
+/// object has, for caches that hold thousands of objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// The labels as the API types hold them (`None` when there are none).
+    pub fn to_map(&self) -> Option<BTreeMap<String, String>> {
+        (!self.0.is_empty()).then(|| self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+    }
+}
+
+impl From<&BTreeMap<String, String>> for LabelSet {
+    fn from(map: &BTreeMap<String, String>) -> Self {
+        // A BTreeMap iterates in key order: the slice is sorted.
+        LabelSet(
+            map.iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+        )
+    }
+}
+
+impl Labels for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        let found = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        self.0.get(found).map(|(_, v)| &**v)
+    }
+}
+
 /// Whether `selector` selects an object with `labels`. An invalid selector selects nothing.
-pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, SelectorError> {
+pub fn matches(selector: &LabelSelector, labels: &(impl Labels + ?Sized)) -> Result<bool, SelectorError> {
     validate(selector)?;
     let labels_hold = selector
         .match_labels
         .iter()
         .flatten()
-        .all(|(key, value)| labels.get(key) == Some(value));
+        .all(|(key, value)| labels.label(key) == Some(value.as_str()));
     Ok(labels_hold && expressions(selector).iter().all(|r| requirement_holds(r, labels)))
 }
 
-fn requirement_holds(requirement: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let value = labels.get(&requirement.key);
-    let listed = |v: &String| {
+fn requirement_holds(requirement: &LabelSelectorRequirement, labels: &(impl Labels + ?Sized)) -> bool {
+    let value = labels.label(&requirement.key);
+    let listed = |v: &str| {
         requirement
             .values
             .iter()
@@ -161,6 +207,19 @@ mod tests {
         assert!(matches(&s, &labels(&[("app", "web"), ("env", "prod")])).unwrap());
         assert!(!matches(&s, &labels(&[("app", "web"), ("env", "dev")])).unwrap());
         assert!(!matches(&s, &labels(&[("app", "api"), ("env", "prod")])).unwrap());
+    }
+
+    #[test]
+    fn a_label_set_answers_like_a_map() {
+        let map = labels(&[("app", "web"), ("tier", "front"), ("env", "prod")]);
+        let set = LabelSet::from(&map);
+        for key in ["app", "tier", "env", "absent", ""] {
+            assert_eq!(set.label(key), map.label(key), "{key}");
+        }
+        assert_eq!(set.to_map(), Some(map.clone()));
+        assert_eq!(LabelSet::default().to_map(), None);
+        let s = selector(&[("app", "web")], vec![expr("env", "NotIn", &["dev"])]);
+        assert_eq!(matches(&s, &set), matches(&s, &map));
     }
 
     #[test]

@@ -175,9 +175,6 @@ async fn opting_out_removes_the_sidecars() {
 async fn a_conflict_writes_nothing_and_warns_on_both_objects_once() {
     let mut h = Harness::new(vec![policy("web")], vec![deployment()]);
     h.reconcile("web", |mut handle| async move {
-        let query = expect_event_lookup(&mut handle, vec![]).await;
-        assert!(query.contains("regarding.name%3Dweb"), "{query}");
-        assert!(query.contains("reason%3DConflict"), "{query}");
         assert_eq!(
             expect_event(&mut handle).await,
             ("Conflict".into(), "Warning".into(), "Deployment".into())
@@ -199,27 +196,55 @@ async fn a_conflict_writes_nothing_and_warns_on_both_objects_once() {
 }
 
 #[tokio::test]
-async fn a_refusal_an_earlier_process_reported_is_not_reported_again() {
+async fn a_refusal_is_reported_once_even_across_restarts() {
+    // A restarted operator (nothing recorded yet) finds the earlier report by its name.
     let mut h = Harness::new(vec![policy("web")], vec![deployment()]);
     h.reconcile("web", |mut handle| async move {
-        let note = "not changed: SidecarPolicy \"shipper\" spec.sidecars[0].name: container name \"web\" is already used by Deployment \"web\" (spec.template.spec.containers[0])";
-        let earlier = json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": "web.1", "namespace": "demo"},
-            "eventTime": "2026-12-01T10:00:00.000000Z",
-            "reason": "Conflict", "note": note, "type": "Warning", "action": "Render",
-            "reportingController": "sidecar-operator", "reportingInstance": "sidecar-operator-0",
-            "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "demo"},
-        });
-        expect_event_lookup(&mut handle, vec![earlier]).await;
+        let (on_deployment, send) = expect_event_create(&mut handle).await;
+        let name = on_deployment["metadata"]["name"].as_str().unwrap().to_owned();
+        assert!(
+            name.starts_with("web."),
+            "named after the Deployment and the content: {name}"
+        );
+        fail(
+            send,
+            409,
+            "AlreadyExists",
+            "events.events.k8s.io \"web.x\" already exists",
+        );
+        let (on_policy, send) = expect_event_create(&mut handle).await;
+        assert_eq!(on_policy["regarding"]["kind"], "SidecarPolicy");
+        fail(send, 409, "AlreadyExists", "already exists");
         handle
     })
     .await
     .unwrap();
-    assert!(matches!(
-        h.ctx.outcomes().get("demo", "web").unwrap().state,
-        State::Refused(_)
-    ));
+
+    // The same report from the same process, after the refusal went away and came back: a new
+    // Event, under a name of its own.
+    let refused = h.ctx.outcomes().get("demo", "web").cloned().unwrap();
+    h.ctx.record_outcome(
+        "demo",
+        "web",
+        sidecar_core::outcome::Outcome {
+            state: State::Pending,
+            ..refused
+        },
+    );
+    h.reconcile("web", |mut handle| async move {
+        let (first, send) = expect_event_create(&mut handle).await;
+        fail(send, 409, "AlreadyExists", "already exists");
+        let (again, send) = expect_event_create(&mut handle).await;
+        assert_ne!(again["metadata"]["name"], first["metadata"]["name"]);
+        respond(send, &again);
+        let (_, send) = expect_event_create(&mut handle).await;
+        fail(send, 409, "AlreadyExists", "already exists");
+        let (_, send) = expect_event_create(&mut handle).await;
+        respond(send, &json!({}));
+        handle
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -240,6 +265,13 @@ async fn a_wrong_stored_order_is_fixed_with_a_guarded_reorder() {
             .as_mut()
             .unwrap()
             .reverse();
+        respond(send, &misordered);
+        // The whole list is read back (the apply's answer is read as a view), then reordered.
+        let (request, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::GET, DEPLOYMENT_PATH)
+        );
         respond(send, &misordered);
 
         let (request, body, send) = next(&mut handle).await;
@@ -330,6 +362,9 @@ async fn a_stale_reorder_is_retried_as_an_api_error_not_a_field_conflict() {
                 .reverse();
             respond(send, &misordered);
             let (request, _, send) = next(&mut handle).await;
+            assert_eq!(request.method(), Method::GET);
+            respond(send, &misordered);
+            let (request, _, send) = next(&mut handle).await;
             assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
             fail(
                 send,
@@ -387,7 +422,6 @@ async fn an_unreadable_policy_leaves_its_namespace_untouched_and_says_why_once()
         Guardrails::default(),
     );
     h.reconcile("web", |mut handle| async move {
-        expect_event_lookup(&mut handle, vec![]).await;
         let (reason, type_, kind) = expect_event(&mut handle).await;
         assert_eq!(
             (reason.as_str(), type_.as_str(), kind.as_str()),

@@ -82,7 +82,6 @@ async fn a_policy_that_refused_a_deployment_triggers_it_when_it_goes() {
         vec![deployment()],
     );
     h.reconcile("web", |mut handle| async move {
-        expect_event_lookup(&mut handle, vec![]).await; // reported by an earlier process?
         expect_event(&mut handle).await; // on the Deployment
         expect_event(&mut handle).await; // on the policy at fault
         handle

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::FutureExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use kube::runtime::events::Reporter;
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -16,10 +15,10 @@ use sidecar_api::SidecarPolicyStatus;
 use sidecar_core::Guardrails;
 use sidecar_core::outcome::{Outcome, OutcomeIndex};
 
+use super::GuardedPolicy;
 use super::events::Events;
 use super::policy_sets::{NamespacePolicies, PolicySets};
 use super::view::DeploymentView;
-use super::{FIELD_MANAGER, GuardedPolicy};
 use crate::metrics::Metrics;
 
 /// How soon a reconcile that found a cache still filling runs again.
@@ -139,13 +138,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Context {
     pub fn new(client: Client, caches: Caches, guardrails: Guardrails, triggers: Triggers) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         let metrics = Arc::<Metrics>::default();
         Context {
-            events: Events::inline(client.clone(), reporter, metrics.clone()),
+            events: Events::inline(client.clone(), metrics.clone()),
             client,
             caches,
             guardrails,
@@ -164,11 +159,7 @@ impl Context {
 
     /// Shares `metrics` with the HTTP endpoint.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        self.events = Events::inline(self.client.clone(), reporter, metrics.clone());
+        self.events = Events::inline(self.client.clone(), metrics.clone());
         self.metrics = metrics;
         self
     }
@@ -274,9 +265,18 @@ impl Context {
         lock(&self.outcomes)
     }
 
+    /// Triggers the status of `policies` of `namespace` that still exist (a deleted policy's
+    /// Deployments are forgotten one by one; it has no status left to write).
     fn trigger_policies(&self, namespace: &str, policies: &BTreeSet<String>) {
         for policy in policies {
-            self.triggers.policy(namespace, policy);
+            let exists = self
+                .caches
+                .policies
+                .get(&ObjectRef::new(policy).within(namespace))
+                .is_some();
+            if exists {
+                self.triggers.policy(namespace, policy);
+            }
         }
     }
 

@@ -156,7 +156,7 @@ impl Dispatch {
                     continue;
                 }
                 let selects = match &policy.0 {
-                    Ok(policy) => selector::matches(&policy.spec.selector, labels(&view)).unwrap_or(false),
+                    Ok(policy) => selector::matches(&policy.spec.selector, &view.labels).unwrap_or(false),
                     Err(_) => true,
                 };
                 if selects {
@@ -185,12 +185,6 @@ impl Dispatch {
 
 fn key(policy: &GuardedPolicy) -> (String, String) {
     (policy.namespace().unwrap_or_default(), policy.name_any())
-}
-
-/// A Deployment's labels, without cloning them (this runs for every cached Deployment).
-pub(crate) fn labels(view: &DeploymentView) -> &std::collections::BTreeMap<String, String> {
-    static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    view.metadata.labels.as_ref().unwrap_or(&NONE)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

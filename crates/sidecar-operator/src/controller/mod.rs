@@ -281,9 +281,18 @@ async fn check_server(client: &Client) -> Option<String> {
     }
 }
 
-fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future::Ready<()> {
-    if let Err(e) = result {
-        warn!("controller: {e}");
+fn log_result<T, E1, E2>(result: Result<T, controller::Error<E1, E2>>) -> futures::future::Ready<()>
+where
+    E1: std::error::Error,
+    E2: std::error::Error,
+{
+    match result {
+        // A trigger for an object deleted meanwhile: nothing to do.
+        Err(controller::Error::ObjectNotFound(reference)) => {
+            tracing::debug!("{reference} is gone; nothing to reconcile");
+        }
+        Err(e) => warn!("controller: {e}"),
+        Ok(_) => {}
     }
     futures::future::ready(())
 }

@@ -9,7 +9,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -20,7 +19,7 @@ use tracing::{debug, info, instrument, warn};
 use super::FIELD_MANAGER;
 use super::context::{CACHE_RETRY, Context, Written};
 use super::error::{Error, backoff};
-use super::events::{Report, reported_before};
+use super::events::{EventType, Report};
 use super::view::DeploymentView;
 
 #[instrument(skip_all, fields(deployment = %view.name(), namespace = %view.namespace()))]
@@ -35,10 +34,11 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
     let key = ObjectRef::from_obj(&*view);
     let (namespace, name) = (view.namespace(), view.name());
     let facts = view.facts();
+    let metadata = view.planning_metadata();
     let policies = ctx.namespace_policies(namespace);
     let selected: Vec<String> = policies
         .set
-        .matching_meta(&view.metadata)
+        .matching_meta(&metadata)
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
@@ -70,15 +70,13 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 "Render",
                 note,
             );
-            if !(transition.first && reported_before(&ctx.client, &report).await) {
-                ctx.events.publish(report).await;
-            }
+            ctx.events.publish(report.once(transition.first)).await;
         }
         ctx.deployment_succeeded(&key);
         return Ok(Action::await_change());
     }
 
-    let plan = match policies.set.plan(&view.metadata, &facts) {
+    let plan = match policies.set.plan(&metadata, &facts) {
         Ok(plan) => plan,
         Err(refusal) => {
             let state = State::Refused(refusal.problems.clone());
@@ -175,7 +173,8 @@ fn digest(plan: &Plan) -> u64 {
 /// produced.
 async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<String>, Error> {
     let (namespace, name) = (view.namespace(), view.name());
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    // The answer is read as a view too: only its order and resourceVersion matter here.
+    let api: Api<DeploymentView> = Api::namespaced(ctx.client.clone(), namespace);
     let stored = api
         .patch(
             name,
@@ -187,15 +186,17 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
     ctx.metrics.wrote("apply");
     ctx.events.deployment_written();
     let mut resource_versions: Vec<String> = stored.resource_version().into_iter().collect();
-    let reordered = ensure_order(ctx, &api, &stored, &plan.init_order)
-        .await
-        // A 409 here is a stale resourceVersion, not a field conflict: retry soon.
-        .map_err(|source| Error::WriteDeployment {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source,
-        })?;
-    resource_versions.extend(reordered);
+    if stored.facts().init_order != plan.init_order {
+        let reordered = reorder(ctx, namespace, name, &plan.init_order)
+            .await
+            // A 409 here is a stale resourceVersion, not a field conflict: retry soon.
+            .map_err(|source| Error::WriteDeployment {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source,
+            })?;
+        resource_versions.extend(reordered);
+    }
     Ok(resource_versions)
 }
 
@@ -205,13 +206,15 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
 /// computed one, reorder the stored list, guarded by its resourceVersion so that nothing written
 /// in between is lost. A reorder changes no field value, so no field changes owner. Returns the
 /// resourceVersion of the reorder, if one was needed.
-async fn ensure_order(
+async fn reorder(
     ctx: &Context,
-    api: &Api<Deployment>,
-    stored: &Deployment,
+    namespace: &str,
+    name: &str,
     want: &[String],
 ) -> Result<Option<String>, kube::Error> {
-    let have = init_container_names(stored);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let stored = api.get(name).await?;
+    let have = init_container_names(&stored);
     if have == want {
         return Ok(None);
     }
@@ -233,7 +236,7 @@ async fn ensure_order(
         "spec": {"template": {"spec": {"initContainers": reordered}}},
     });
     let reordered = api
-        .patch(&stored.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     ctx.metrics.wrote("reorder");
     Ok(reordered.resource_version())
@@ -292,8 +295,9 @@ fn describe_change(before: &InjectionRecord, after: &InjectionRecord) -> Option<
     })
 }
 
-/// A Warning Event on the Deployment, and one on every policy at fault. After a restart (`first`),
-/// a refusal that an earlier process reported already is not reported again.
+/// A Warning Event on the Deployment, and one on every policy at fault, each reported once: when
+/// `first` (this process has not seen the Deployment before), a refusal an earlier process
+/// reported already is not reported again.
 async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal, first: bool) {
     let text = refusal
         .problems
@@ -309,10 +313,7 @@ async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal,
         "Render",
         format!("not changed: {text}"),
     );
-    if first && reported_before(&ctx.client, &on_deployment).await {
-        return;
-    }
-    ctx.events.publish(on_deployment).await;
+    ctx.events.publish(on_deployment.once(first)).await;
     let mut at_fault: Vec<&str> = refusal
         .problems
         .iter()
@@ -328,7 +329,7 @@ async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal,
             .filter(|p| p.policy == policy)
             .map(ToString::to_string)
             .collect();
-        let Some(first) = refusal.problems.iter().find(|p| p.policy == policy) else {
+        let Some(problem) = refusal.problems.iter().find(|p| p.policy == policy) else {
             continue;
         };
         let Some(stored) = ctx
@@ -346,10 +347,10 @@ async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal,
         let report = Report::new(
             stored.object_ref(&()),
             EventType::Warning,
-            first.kind.reason(),
+            problem.kind.reason(),
             "Render",
             note,
         );
-        ctx.events.publish(report).await;
+        ctx.events.publish(report.once(first)).await;
     }
 }

@@ -8,7 +8,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -18,7 +17,7 @@ use tracing::{debug, instrument, warn};
 
 use super::context::{CACHE_RETRY, Context};
 use super::error::{Error, backoff};
-use super::events::{Report, reported_before};
+use super::events::{EventType, Report};
 use super::revisions::sync_history;
 use super::{FIELD_MANAGER, GuardedPolicy};
 
@@ -42,9 +41,7 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
                 "Decode",
                 note,
             );
-            if !reported_before(&ctx.client, &report).await {
-                ctx.events.publish(report).await;
-            }
+            ctx.events.publish(report.once(true)).await;
             return Ok(Action::await_change());
         }
     };

@@ -14,20 +14,25 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use sidecar_api::INJECT_ANNOTATION;
 use sidecar_core::DeploymentFacts;
+use sidecar_core::selector::LabelSet;
 
 /// The cached form of a Deployment. Its `Deserialize` reads a whole Deployment and keeps only
 /// this, so `Api<DeploymentView>` watches Deployments without caching them whole.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentView {
-    /// Name, namespace, uid, resourceVersion, generation, labels, and of the annotations only the
-    /// opt-out one (`sidecar.dev/inject`); the record annotation is in the facts.
+    /// Name, namespace, uid, resourceVersion, generation, and of the annotations only the opt-out
+    /// one (`sidecar.dev/inject`); the labels are in `labels`, the record in the facts.
     pub metadata: ObjectMeta,
+    /// The Deployment's labels (a `BTreeMap` would take three times the memory).
+    pub labels: LabelSet,
     /// [`DeploymentFacts::compact`]; see [`DeploymentView::facts`].
     facts: Box<str>,
     /// Whether it carries a record of something injected (for the `deployments_managed` gauge,
@@ -55,17 +60,18 @@ impl DeploymentView {
             uid: source.uid.clone(),
             resource_version: source.resource_version.clone(),
             generation: source.generation,
-            labels: source.labels.clone(),
             annotations: (!annotations.is_empty()).then_some(annotations),
             ..ObjectMeta::default()
         };
+        let labels = source.labels.as_ref().map(LabelSet::from).unwrap_or_default();
         let facts = DeploymentFacts::compact(deployment).into_boxed_str();
         let managed =
             matches!(sidecar_core::InjectionRecord::read(deployment), Ok(Some(record)) if !record.is_empty());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&metadata.uid, &metadata.labels, &metadata.annotations, &facts).hash(&mut hasher);
+        (&metadata.uid, &labels, &metadata.annotations, &facts).hash(&mut hasher);
         DeploymentView {
             metadata,
+            labels,
             facts,
             managed,
             content: hasher.finish(),
@@ -75,6 +81,14 @@ impl DeploymentView {
     /// What the engine needs to plan this Deployment (decoded from the cached text).
     pub fn facts(&self) -> DeploymentFacts {
         DeploymentFacts::expand(&self.facts)
+    }
+
+    /// The metadata the engine plans with: the cached metadata and the labels.
+    pub fn planning_metadata(&self) -> ObjectMeta {
+        ObjectMeta {
+            labels: self.labels.to_map(),
+            ..self.metadata.clone()
+        }
     }
 
     /// The Deployment's name.
@@ -90,9 +104,86 @@ impl DeploymentView {
 
 impl<'de> Deserialize<'de> for DeploymentView {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Deployment::deserialize(deserializer).map(|deployment| DeploymentView::of(&deployment))
+        let wire = Wire::deserialize(deserializer)?;
+        let deployment = Deployment {
+            metadata: ObjectMeta {
+                name: wire.metadata.name,
+                namespace: wire.metadata.namespace,
+                uid: wire.metadata.uid,
+                resource_version: wire.metadata.resource_version,
+                generation: wire.metadata.generation,
+                labels: wire.metadata.labels,
+                annotations: wire.metadata.annotations.map(|ours| ours.0),
+                ..ObjectMeta::default()
+            },
+            spec: DeploymentSpec {
+                template: wire.spec.template,
+                ..DeploymentSpec::default()
+            },
+            status: None,
+        };
+        Ok(DeploymentView::of(&deployment))
     }
 }
+
+/// What the view reads of a Deployment, as it comes off the wire. Everything else (the status,
+/// `managedFields`, the rest of the spec, annotations that are not the operator's) is skipped
+/// while parsing, never decoded: a watch sees every status update of every Deployment.
+#[derive(Deserialize)]
+struct Wire {
+    metadata: WireMeta,
+    spec: WireSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<Ours>,
+}
+
+#[derive(Deserialize)]
+struct WireSpec {
+    template: PodTemplateSpec,
+}
+
+/// The `sidecar.dev/` annotations of a map; the others (`last-applied-configuration` may be a
+/// whole manifest) are skipped.
+struct Ours(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Ours {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Ours;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of annotations")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ours, A::Error> {
+                let mut ours = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key.starts_with(OUR_PREFIX) {
+                        ours.insert(key, map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Ours(ours))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// The operator's annotations.
+const OUR_PREFIX: &str = "sidecar.dev/";
 
 impl Resource for DeploymentView {
     type DynamicType = ();
@@ -198,5 +289,15 @@ mod tests {
         relabelled["metadata"]["labels"]["team"] = json!("a");
         let relabelled: DeploymentView = serde_json::from_value(relabelled).unwrap();
         assert_ne!(relabelled.content, base.content);
+        assert_eq!(
+            relabelled.planning_metadata().labels,
+            Some(
+                [
+                    ("app".to_owned(), "web".to_owned()),
+                    ("team".to_owned(), "a".to_owned())
+                ]
+                .into()
+            )
+        );
     }
 }

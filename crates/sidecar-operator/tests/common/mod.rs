@@ -335,6 +335,24 @@ pub fn fail(send: SendResponse<Response<Body>>, code: u16, reason: &str, message
     );
 }
 
+/// Expects the create of an Event, unanswered.
+pub async fn expect_event_create(handle: &mut ApiHandle) -> (Value, SendResponse<Response<Body>>) {
+    let (request, body, send) = next(handle).await;
+    assert_eq!(
+        request.method(),
+        Method::POST,
+        "expected an Event, got {} {}",
+        request.method(),
+        request.uri()
+    );
+    assert_eq!(
+        request.uri().path(),
+        "/apis/events.k8s.io/v1/namespaces/demo/events"
+    );
+    assert_eq!(body["reportingController"], FIELD_MANAGER);
+    (body, send)
+}
+
 pub fn query(request: &Request<()>) -> String {
     request.uri().query().unwrap_or_default().to_owned()
 }
@@ -357,34 +375,9 @@ pub async fn expect_apply(handle: &mut ApiHandle) -> (Value, SendResponse<Respon
     (body, send)
 }
 
-/// Expects the look for an Event an earlier process may have sent (after a restart, a refusal is
-/// reported once, not once per process), and answers with `existing` Events.
-pub async fn expect_event_lookup(handle: &mut ApiHandle, existing: Vec<Value>) -> String {
-    let (request, _, send) = next(handle).await;
-    assert_eq!(request.method(), Method::GET);
-    assert_eq!(
-        request.uri().path(),
-        "/apis/events.k8s.io/v1/namespaces/demo/events"
-    );
-    let query = query(&request);
-    assert!(query.contains("fieldSelector="), "{query}");
-    respond(
-        send,
-        &json!({"apiVersion": "events.k8s.io/v1", "kind": "EventList", "metadata": {}, "items": existing}),
-    );
-    query
-}
-
-/// Expects an Event (a new one, or the next of a series kube's recorder keeps) and returns
-/// (reason, type, regarding kind).
+/// Expects an Event created and returns (reason, type, regarding kind).
 pub async fn expect_event(handle: &mut ApiHandle) -> (String, String, String) {
-    let (request, body, send) = next(handle).await;
-    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/demo/events";
-    match *request.method() {
-        Method::POST => assert_eq!(request.uri().path(), EVENTS),
-        Method::PATCH => assert!(request.uri().path().starts_with(EVENTS), "{}", request.uri()),
-        _ => panic!("expected an Event, got {} {}", request.method(), request.uri()),
-    }
+    let (body, send) = expect_event_create(handle).await;
     respond(send, &body);
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     (
