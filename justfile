@@ -63,3 +63,8 @@ golden:
 # Benchmarks (criterion); figures go in docs/performance.md.
 bench:
     cargo bench --package sidecar-core --bench render
+
+# The scale harness against a fresh cluster (docs/performance.md): N Deployments per layout.
+scale kubeconfig deployments="1000" *args:
+    cargo build --release --locked --package sidecar-operator --package sidecar-bench
+    target/release/scale --kubeconfig {{kubeconfig}} --deployments {{deployments}} {{args}}

@@ -91,6 +91,20 @@ impl Snapshot {
             .sum()
     }
 
+    /// Every write the API server served, by anyone.
+    pub fn all_writes(&self) -> f64 {
+        self.0
+            .iter()
+            .filter(|((_, _, _, verb), _)| {
+                matches!(
+                    verb.as_str(),
+                    "POST" | "CREATE" | "PUT" | "UPDATE" | "PATCH" | "APPLY" | "DELETE"
+                )
+            })
+            .map(|(_, count)| count)
+            .sum()
+    }
+
     /// The operator's writes from `earlier` to this snapshot.
     pub fn writes_since(&self, earlier: &Snapshot) -> Writes {
         let delta = |group, resource, subresource, verbs: &[&str]| {
@@ -115,6 +129,24 @@ impl Snapshot {
                 &["POST", "CREATE", "PATCH", "APPLY", "DELETE"],
             ),
         }
+    }
+}
+
+/// Waits until nobody writes (kube-controller-manager catching up with a rollout, say) for a few
+/// seconds, so that a measurement starts on a cluster at rest.
+pub async fn quiet(client: &Client, patience: std::time::Duration) -> Result<(), crate::Error> {
+    let start = std::time::Instant::now();
+    let mut last = snapshot(client).await?.all_writes();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let now = snapshot(client).await?.all_writes();
+        if now == last {
+            return Ok(());
+        }
+        if start.elapsed() > patience {
+            return Err(crate::Error::Timeout("the cluster to come to rest".into()));
+        }
+        last = now;
     }
 }
 

@@ -201,9 +201,11 @@ async fn run(args: &Args) -> Result<(), Error> {
         );
     }
 
-    // Cold start over injected Deployments: every one verified, nothing written.
+    // Cold start over injected Deployments: every one verified, nothing written. It starts on a
+    // cluster at rest (kube-controller-manager done with the last rollout).
     converge(&client, &progress, &operator, &one, changed, IMAGE_V1, patience).await?;
     operator.kill().await;
+    apiserver::quiet(&client, patience).await?;
     let before = apiserver::snapshot(&client).await?;
     let operator = Operator::start(
         &args.operator,
@@ -301,6 +303,9 @@ async fn bare(
     let policy = image.map(|image| fleet::policy(&namespaces[0], image));
     let revision = policy.as_ref().map(fleet::revision).transpose()?;
     let injections = fleet::injections(deployments, policy.as_ref())?;
+    // Each measurement starts on a cluster at rest: the last one's rollout (kube-controller-
+    // manager creating ReplicaSets) must not slow this one down.
+    apiserver::quiet(client, patience).await?;
     let before = apiserver::snapshot(client).await?;
     let start = Instant::now();
     futures::future::try_join_all(chunks(injections, concurrency).into_iter().map(|chunk| {
@@ -409,6 +414,9 @@ async fn converge(
 ) -> Result<(Measured, Usage), Error> {
     let policies: Vec<Value> = namespaces.iter().map(|ns| fleet::policy(ns, image)).collect();
     let revision = fleet::revision(&policies[0])?;
+    // Each measurement starts on a cluster at rest: the last one's rollout (kube-controller-
+    // manager creating ReplicaSets) must not slow this one down.
+    apiserver::quiet(client, patience).await?;
     let before = apiserver::snapshot(client).await?;
     let start = Instant::now();
     for policy in policies {
@@ -457,6 +465,9 @@ async fn remove(
     n: usize,
     patience: Duration,
 ) -> Result<(Measured, Usage), Error> {
+    // Each measurement starts on a cluster at rest: the last one's rollout (kube-controller-
+    // manager creating ReplicaSets) must not slow this one down.
+    apiserver::quiet(client, patience).await?;
     let before = apiserver::snapshot(client).await?;
     let start = Instant::now();
     for namespace in namespaces {
