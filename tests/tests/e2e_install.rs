@@ -105,12 +105,14 @@ async fn check_install(cluster: &Cluster, objects: Vec<Value>, watching: Watchin
     support::cluster::wait_for_crd(&client).await;
     assert_pod_passes_pod_security(&client, &install, &objects).await;
 
-    // A workload and a policy for the operator to act on, written by an admin.
+    // A workload and a policy for the operator to act on, written by an admin. U4 puts its
+    // sidecar before the owner's init container, so the operator reorders what server-side apply
+    // stored: every kind of write it makes is made under the install's RBAC.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps.name);
     let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &apps.name);
     let admin = PatchParams::apply(INSTALLER);
-    let deployment = example("u1-log-shipping", "deployment.yaml", &apps.name);
-    let policy = example("u1-log-shipping", "policy.yaml", &apps.name);
+    let deployment = example("u4-tls-proxy", "deployment.yaml", &apps.name);
+    let policy = example("u4-tls-proxy", "policy.yaml", &apps.name);
     let (deployment_name, policy_name) = (name(&deployment), name(&policy));
     deployments
         .patch(&deployment_name, &admin, &Patch::Apply(&deployment))
@@ -130,9 +132,8 @@ async fn check_install(cluster: &Cluster, objects: Vec<Value>, watching: Watchin
     let injected = wait_for_quietly(|| async {
         let live = deployments.get(&deployment_name).await.ok()?;
         let init = live.spec.template.spec.as_ref()?.init_containers.clone()?;
-        init.iter()
-            .any(|c| c.restart_policy.as_deref() == Some("Always"))
-            .then_some(())
+        // Injected, and in order: the sidecar first.
+        (init.len() > 1 && init[0].restart_policy.as_deref() == Some("Always")).then_some(())
     });
     let injected = tokio::select! {
         injected = injected => injected,
@@ -153,7 +154,7 @@ async fn check_install(cluster: &Cluster, objects: Vec<Value>, watching: Watchin
     });
     let caches_filled = wait_for_quietly(|| async { (operator.get("/readyz").await? == 200).then_some(()) });
     let outcome = [
-        ("the sidecar injected", injected),
+        ("the sidecar injected, first", injected),
         ("the policy Ready", ready.await),
         ("an Event from the operator", reported.await),
         ("/readyz answering 200", caches_filled.await),

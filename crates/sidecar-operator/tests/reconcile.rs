@@ -266,29 +266,19 @@ async fn a_wrong_stored_order_is_fixed_with_a_guarded_reorder() {
             .unwrap()
             .reverse();
         respond(send, &misordered);
-        // The whole list is read back (the apply's answer is read as a view), then reordered.
-        let (request, _, send) = next(&mut handle).await;
-        assert_eq!(
-            (request.method(), request.uri().path()),
-            (&Method::GET, DEPLOYMENT_PATH)
-        );
-        respond(send, &misordered);
-
+        // The stored list is reordered in place: moves, guarded by the stored resourceVersion.
         let (request, body, send) = next(&mut handle).await;
         assert_eq!(request.method(), Method::PATCH);
         assert_eq!(request.uri().path(), DEPLOYMENT_PATH);
-        assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
+        assert_eq!(request.headers()["content-type"], "application/json-patch+json");
         assert_eq!(
-            body["metadata"]["resourceVersion"], "8",
-            "guarded by the stored resourceVersion"
+            body,
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "8"},
+                {"op": "move", "from": "/spec/template/spec/initContainers/1", "path": "/spec/template/spec/initContainers/0"},
+            ]),
+            "guarded by the stored resourceVersion; no entry is sent"
         );
-        let names: Vec<_> = body["spec"]["template"]["spec"]["initContainers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(names, ["shipper", "migrate"]);
         let mut reordered = stored(&deployment(), &policies);
         reordered.metadata.resource_version = Some("9".into());
         respond(send, &reordered);
@@ -362,15 +352,13 @@ async fn a_stale_reorder_is_retried_as_an_api_error_not_a_field_conflict() {
                 .reverse();
             respond(send, &misordered);
             let (request, _, send) = next(&mut handle).await;
-            assert_eq!(request.method(), Method::GET);
-            respond(send, &misordered);
-            let (request, _, send) = next(&mut handle).await;
-            assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
+            assert_eq!(request.headers()["content-type"], "application/json-patch+json");
+            // What the API server answers when the `test` of the resourceVersion fails.
             fail(
                 send,
-                409,
-                "Conflict",
-                "Operation cannot be fulfilled: the object has been modified",
+                422,
+                "Invalid",
+                "the server rejected our request due to an error in our request",
             );
             handle
         })

@@ -5,7 +5,6 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -13,7 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidecar_core::outcome::{Outcome, State};
-use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, Refusal, init_container_names};
+use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, Refusal};
 use tracing::{debug, info, instrument, warn};
 
 use super::FIELD_MANAGER;
@@ -186,10 +185,11 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
     ctx.metrics.wrote("apply");
     ctx.events.deployment_written();
     let mut resource_versions: Vec<String> = stored.resource_version().into_iter().collect();
-    if stored.facts().init_order != plan.init_order {
-        let reordered = reorder(ctx, namespace, name, &plan.init_order)
+    let have = stored.facts().init_order;
+    if have != plan.init_order {
+        let reordered = reorder(ctx, &stored, &have, &plan.init_order)
             .await
-            // A 409 here is a stale resourceVersion, not a field conflict: retry soon.
+            // A failed guard here is a stale resourceVersion, not a field conflict: retry soon.
             .map_err(|source| Error::WriteDeployment {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -203,43 +203,61 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
 /// Server-side apply merges list entries and may not keep the order the engine computed when
 /// several field managers share `initContainers` (kubernetes/kubernetes#104641: entries only
 /// the stored object has keep their place, new ones follow). If the stored order is not the
-/// computed one, reorder the stored list, guarded by its resourceVersion so that nothing written
-/// in between is lost. A reorder changes no field value, so no field changes owner. Returns the
-/// resourceVersion of the reorder, if one was needed.
+/// computed one, reorder the stored list with a JSON Patch of `move`s, guarded by a `test` of
+/// its resourceVersion so that nothing written in between is lost. A move changes no field
+/// value, so no field changes owner, and the patch needs no copy of the entries (no read of the
+/// whole Deployment). Returns the resourceVersion of the reorder.
 async fn reorder(
     ctx: &Context,
-    namespace: &str,
-    name: &str,
+    stored: &DeploymentView,
+    have: &[String],
     want: &[String],
 ) -> Result<Option<String>, kube::Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let stored = api.get(name).await?;
-    let have = init_container_names(&stored);
-    if have == want {
-        return Ok(None);
-    }
-    let current = stored
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.init_containers.as_ref());
-    let mut reordered = current.cloned().unwrap_or_default();
-    reordered.sort_by_key(|c| want.iter().position(|w| *w == c.name).unwrap_or(usize::MAX));
     info!(
         ?have,
         ?want,
         "server-side apply stored the init containers out of order; reordering"
     );
-    let patch = json!({
-        "metadata": {"resourceVersion": stored.metadata.resource_version},
-        "spec": {"template": {"spec": {"initContainers": reordered}}},
-    });
+    let patch = reorder_patch(stored.metadata.resource_version.as_deref(), have, want);
+    let api: Api<DeploymentView> = Api::namespaced(ctx.client.clone(), stored.namespace());
     let reordered = api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            stored.name(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(patch).map_err(kube::Error::SerdeError)?),
+        )
         .await?;
     ctx.metrics.wrote("reorder");
     Ok(reordered.resource_version())
+}
+
+/// The JSON Patch that turns the init container order `have` into `want`, if `resource_version`
+/// is still current. Entries `want` does not name keep their relative order after the others.
+fn reorder_patch(resource_version: Option<&str>, have: &[String], want: &[String]) -> serde_json::Value {
+    const LIST: &str = "/spec/template/spec/initContainers";
+    let mut operations =
+        vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
+    let mut current = have.to_vec();
+    let mut next = 0;
+    for name in want {
+        let Some(at) = current
+            .iter()
+            .skip(next)
+            .position(|c| c == name)
+            .map(|i| i + next)
+        else {
+            continue;
+        };
+        if at != next {
+            let entry = current.remove(at);
+            current.insert(next, entry);
+            operations.push(
+                json!({"op": "move", "from": format!("{LIST}/{at}"), "path": format!("{LIST}/{next}")}),
+            );
+        }
+        next += 1;
+    }
+    serde_json::Value::Array(operations)
 }
 
 fn reference(view: &DeploymentView) -> ObjectReference {
@@ -352,5 +370,60 @@ async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal,
             note,
         );
         ctx.events.publish(report.once(first)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies the moves of a reorder patch to `have`, as the API server would.
+    fn moved(patch: &serde_json::Value, have: &[&str]) -> Vec<String> {
+        let mut list: Vec<String> = have.iter().map(|s| (*s).to_owned()).collect();
+        let index = |path: &serde_json::Value| -> usize {
+            path.as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        for op in patch.as_array().unwrap().iter().filter(|op| op["op"] == "move") {
+            let entry = list.remove(index(&op["from"]));
+            list.insert(index(&op["path"]), entry);
+        }
+        list
+    }
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_reorder_is_guarded_moves_only() {
+        let cases: [(&[&str], &[&str]); 4] = [
+            (&["migrate", "shipper"], &["shipper", "migrate"]),
+            (&["a", "b", "c", "d"], &["d", "c", "b", "a"]),
+            (&["migrate", "proxy", "agent"], &["proxy", "agent", "migrate"]),
+            (&["x", "y"], &["x", "y"]),
+        ];
+        for (have, want) in cases {
+            let patch = reorder_patch(Some("8"), &names(have), &names(want));
+            assert_eq!(
+                patch[0],
+                json!({"op": "test", "path": "/metadata/resourceVersion", "value": "8"})
+            );
+            assert!(patch.as_array().unwrap()[1..].iter().all(|op| op["op"] == "move"));
+            assert_eq!(moved(&patch, have), names(want), "{have:?} -> {want:?}");
+        }
+        let unchanged = reorder_patch(Some("8"), &names(&["x", "y"]), &names(&["x", "y"]));
+        assert_eq!(unchanged.as_array().unwrap().len(), 1, "no moves when in order");
+    }
+
+    #[test]
+    fn entries_the_plan_does_not_name_keep_their_order_after_the_others() {
+        let patch = reorder_patch(Some("1"), &names(&["m", "a", "n", "b"]), &names(&["b", "a"]));
+        assert_eq!(moved(&patch, &["m", "a", "n", "b"]), names(&["b", "a", "m", "n"]));
     }
 }
