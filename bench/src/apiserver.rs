@@ -9,21 +9,25 @@ use std::collections::BTreeMap;
 
 use kube::Client;
 
-/// `(group, resource, subresource, verb)` to request count.
+/// `(group, resource, subresource, verb, served)` to request count; `served` when the answer was
+/// a success (2xx), not a refusal such as a conflict or "already exists".
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot(BTreeMap<(String, String, String, String), f64>);
+pub struct Snapshot(BTreeMap<(String, String, String, String, bool), f64>);
 
 /// The operator's writes between two snapshots, by what was written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Writes {
-    /// Server-side applies and merge patches of Deployments.
+    /// Server-side applies and patches of Deployments.
     pub deployments: u64,
     /// Patches of SidecarPolicy status.
     pub policy_status: u64,
-    /// Events created or patched (a series).
+    /// Events (`events.k8s.io`) created or patched.
     pub events: u64,
     /// ControllerRevisions created, patched or deleted.
     pub revisions: u64,
+    /// Requests of the kinds above that the server refused (a field conflict, a stale
+    /// resourceVersion, an Event that exists already): not counted above.
+    pub refused: u64,
 }
 
 impl Writes {
@@ -74,6 +78,7 @@ pub fn parse(text: &str) -> Snapshot {
             label("resource"),
             label("subresource"),
             label("verb"),
+            label("code").starts_with('2'),
         );
         *counts.entry(key).or_insert(0.0) += value;
     }
@@ -81,11 +86,15 @@ pub fn parse(text: &str) -> Snapshot {
 }
 
 impl Snapshot {
-    fn count(&self, group: &str, resource: &str, subresource: &str, verbs: &[&str]) -> f64 {
+    fn count(&self, served: bool, group: &str, resource: &str, subresource: &str, verbs: &[&str]) -> f64 {
         self.0
             .iter()
-            .filter(|((g, r, s, v), _)| {
-                g == group && r == resource && s == subresource && verbs.contains(&v.as_str())
+            .filter(|((g, r, s, v, ok), _)| {
+                *ok == served
+                    && g == group
+                    && r == resource
+                    && s == subresource
+                    && verbs.contains(&v.as_str())
             })
             .map(|(_, count)| count)
             .sum()
@@ -95,7 +104,7 @@ impl Snapshot {
     pub fn all_writes(&self) -> f64 {
         self.0
             .iter()
-            .filter(|((_, _, _, verb), _)| {
+            .filter(|((_, _, _, verb, _), _)| {
                 matches!(
                     verb.as_str(),
                     "POST" | "CREATE" | "PUT" | "UPDATE" | "PATCH" | "APPLY" | "DELETE"
@@ -107,27 +116,36 @@ impl Snapshot {
 
     /// The operator's writes from `earlier` to this snapshot.
     pub fn writes_since(&self, earlier: &Snapshot) -> Writes {
-        let delta = |group, resource, subresource, verbs: &[&str]| {
-            let after = self.count(group, resource, subresource, verbs);
-            let before = earlier.count(group, resource, subresource, verbs);
+        const DEPLOYMENTS: (&str, &str, &str, &[&str]) = ("apps", "deployments", "", &["APPLY", "PATCH"]);
+        const STATUS: (&str, &str, &str, &[&str]) =
+            ("sidecar.dev", "sidecarpolicies", "status", &["APPLY", "PATCH"]);
+        const EVENTS: (&str, &str, &str, &[&str]) = (
+            "events.k8s.io",
+            "events",
+            "",
+            &["POST", "CREATE", "PATCH", "APPLY"],
+        );
+        const REVISIONS: (&str, &str, &str, &[&str]) = (
+            "apps",
+            "controllerrevisions",
+            "",
+            &["POST", "CREATE", "PATCH", "APPLY", "DELETE"],
+        );
+        let delta = |served, (group, resource, subresource, verbs): (&str, &str, &str, &[&str])| {
+            let after = self.count(served, group, resource, subresource, verbs);
+            let before = earlier.count(served, group, resource, subresource, verbs);
             // Counters only grow; a restarted server would make this negative.
             (after - before).max(0.0).round() as u64
         };
         Writes {
-            deployments: delta("apps", "deployments", "", &["APPLY", "PATCH"]),
-            policy_status: delta("sidecar.dev", "sidecarpolicies", "status", &["APPLY", "PATCH"]),
-            events: delta(
-                "events.k8s.io",
-                "events",
-                "",
-                &["POST", "CREATE", "PATCH", "APPLY"],
-            ) + delta("", "events", "", &["POST", "CREATE", "PATCH", "APPLY"]),
-            revisions: delta(
-                "apps",
-                "controllerrevisions",
-                "",
-                &["POST", "CREATE", "PATCH", "APPLY", "DELETE"],
-            ),
+            deployments: delta(true, DEPLOYMENTS),
+            policy_status: delta(true, STATUS),
+            events: delta(true, EVENTS),
+            revisions: delta(true, REVISIONS),
+            refused: [DEPLOYMENTS, STATUS, EVENTS, REVISIONS]
+                .into_iter()
+                .map(|kind| delta(false, kind))
+                .sum(),
         }
     }
 }
@@ -168,6 +186,8 @@ apiserver_request_total{code="409",component="apiserver",dry_run="",group="apps"
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="",verb="PUT",version="v1"} 40
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="status",verb="PUT",version="v1"} 7
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="events.k8s.io",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 3
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="events.k8s.io",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 1
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 9
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="sidecar.dev",resource="sidecarpolicies",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 1
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="apps",resource="controllerrevisions",scope="resource",subresource="",verb="POST",version="v1"} 1
 "#,
@@ -175,12 +195,13 @@ apiserver_request_total{code="201",component="apiserver",dry_run="",group="apps"
         assert_eq!(
             after.writes_since(&before),
             Writes {
-                deployments: 17,
+                deployments: 15,
                 policy_status: 1,
                 events: 3,
-                revisions: 1
+                revisions: 1,
+                refused: 3,
             },
-            "kube-controller-manager's updates and status writes are not the operator's"
+            "kube-controller-manager's updates, status writes and core Events are not the operator's; refusals are apart"
         );
     }
 }

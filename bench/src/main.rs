@@ -512,8 +512,12 @@ fn report(what: &str, measured: &Measured, limit: Option<&Measured>, changed: us
     } else {
         String::new()
     };
+    let refused = match measured.writes.refused {
+        0 => String::new(),
+        n => format!("; {n} refused by the server (not counted)"),
+    };
     println!(
-        "{what}: {:.2} s{versus}; writes: {}{per}, {} in all",
+        "{what}: {:.2} s{versus}; writes: {}{per}, {} in all{refused}",
         measured.took.as_secs_f64(),
         measured.writes,
         measured.writes.total()

@@ -1,5 +1,6 @@
 //! Matching + rendering for a namespace of 10,000 Deployments and 20 SidecarPolicies, the batch
-//! a controller faces after a restart or a change to a broad policy. Figures: docs/performance.md.
+//! a controller faces after a restart or a change to a broad policy, and one policy's status
+//! over that namespace. Figures: docs/performance.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up may panic
 
@@ -7,9 +8,11 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
-use sidecar_core::{DeploymentFacts, Guardrails, PolicySet};
+use sidecar_core::outcome::{Outcome, OutcomeIndex, State};
+use sidecar_core::{DeploymentFacts, Guardrails, PolicySet, status};
 
 const DEPLOYMENTS: usize = 10_000;
 const POLICIES: usize = 20;
@@ -160,7 +163,66 @@ fn batch(c: &mut Criterion) {
             }
         })
     });
+    // What a Deployment reconcile does now: expand the cached compact facts, plan, check.
+    let cached: Vec<String> = rendered.iter().map(DeploymentFacts::compact).collect();
+    group.bench_function("10k_reconcile_cached_already_applied_20_policies", |b| {
+        b.iter(|| {
+            for (d, compact) in rendered.iter().zip(&cached) {
+                let facts = DeploymentFacts::expand(black_box(compact));
+                let plan = set.plan(&d.metadata, &facts).unwrap();
+                black_box(plan.is_applied(&facts));
+            }
+        })
+    });
     group.finish();
+
+    // One policy's status over the namespace: by rendering every Deployment (the first
+    // release's way, kept as the reference), and from the outcome index (the controller's way).
+    let mut status = c.benchmark_group("status");
+    status.sample_size(20);
+    let policy = &policies[0];
+    let name = policy.metadata.name.clone().unwrap();
+    let refs: Vec<&Deployment> = rendered.iter().collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    status.bench_function("one_policy_10k_by_rendering", |b| {
+        b.iter(|| black_box(status::policy_status(policy, &set, black_box(&refs), None, &now)))
+    });
+    let mut index = OutcomeIndex::default();
+    for d in &rendered {
+        let facts = DeploymentFacts::of(d);
+        let selected = set
+            .matching(d)
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let carried = match &facts.record {
+            Ok(Some(record)) => record
+                .policies
+                .iter()
+                .map(|p| (p.name.clone(), p.revision.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let outcome = Outcome {
+            selected,
+            carried,
+            state: State::Applied,
+        };
+        index.record("bench", d.metadata.name.as_deref().unwrap(), outcome);
+    }
+    let revision = set.revision(&name).unwrap().to_owned();
+    assert_eq!(
+        index.summary("bench", &name, &revision),
+        status::summary_by_rendering(&name, &set, &refs),
+        "the index says what rendering says"
+    );
+    status.bench_function("one_policy_10k_from_the_index", |b| {
+        b.iter(|| {
+            let summary = index.summary("bench", black_box(&name), &revision);
+            black_box(status::from_summary(policy, &set, &summary, None, &now))
+        })
+    });
+    status.finish();
 }
 
 criterion_group!(benches, batch);
