@@ -195,14 +195,7 @@ fn batch(c: &mut Criterion) {
             .iter()
             .filter_map(|p| p.metadata.name.clone())
             .collect();
-        let carried = match &facts.record {
-            Ok(Some(record)) => record
-                .policies
-                .iter()
-                .map(|p| (p.name.clone(), p.revision.clone()))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let carried = facts.carried();
         let outcome = Outcome {
             selected,
             carried,

@@ -199,6 +199,15 @@ pub struct DeploymentFacts {
 }
 
 impl DeploymentFacts {
+    /// The policies the Deployment carries, with their revisions, from its record (none when it
+    /// has no record or one that does not parse).
+    pub fn carried(&self) -> Vec<(String, String)> {
+        match &self.record {
+            Ok(Some(record)) => record.carried(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The facts of `deployment`.
     pub fn of(deployment: &Deployment) -> Self {
         Self::of_record(deployment, InjectionRecord::read(deployment))

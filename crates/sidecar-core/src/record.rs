@@ -135,6 +135,14 @@ struct WireV0 {
 }
 
 impl InjectionRecord {
+    /// The policies this record lists, with their revisions, in injection order.
+    pub fn carried(&self) -> Vec<(String, String)> {
+        self.policies
+            .iter()
+            .map(|p| (p.name.clone(), p.revision.clone()))
+            .collect()
+    }
+
     /// The record on `deployment`, if it has one.
     pub fn read(deployment: &Deployment) -> Result<Option<Self>, RecordError> {
         deployment

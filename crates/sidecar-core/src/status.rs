@@ -112,7 +112,7 @@ pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deploym
         let carried = InjectionRecord::read(deployment)
             .ok()
             .flatten()
-            .map(|r| r.policies.into_iter().map(|p| (p.name, p.revision)).collect())
+            .map(|record| record.carried())
             .unwrap_or_default();
         let state = match set.render(deployment) {
             Ok(rendered) if is_up_to_date(deployment, &rendered) => State::Applied,

@@ -27,14 +27,7 @@ fn observed(set: &PolicySet, d: &Deployment) -> Outcome {
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    let carried = match &facts.record {
-        Ok(Some(record)) => record
-            .policies
-            .iter()
-            .map(|p| (p.name.clone(), p.revision.clone()))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let carried = facts.carried();
     let state = match set.plan(&d.metadata, &facts) {
         Ok(plan) if plan.is_applied(&facts) => State::Applied,
         Ok(_) => State::Pending,

@@ -43,7 +43,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         .collect();
     let outcome = |state| Outcome {
         selected: selected.clone(),
-        carried: carried(&facts),
+        carried: facts.carried(),
         state,
     };
 
@@ -90,12 +90,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
     };
     let applied = Outcome {
         selected: selected.clone(),
-        carried: plan
-            .record
-            .policies
-            .iter()
-            .map(|p| (p.name.clone(), p.revision.clone()))
-            .collect(),
+        carried: plan.record.carried(),
         state: State::Applied,
     };
     if plan.is_applied(&facts) {
@@ -145,18 +140,6 @@ pub fn error_policy(view: Arc<DeploymentView>, error: &Error, ctx: Arc<Context>)
     match error {
         Error::FieldConflict { .. } => Action::requeue(backoff(failures.max(6))),
         _ => Action::requeue(backoff(failures)),
-    }
-}
-
-/// The policies and revisions the stored Deployment carries, from its record.
-fn carried(facts: &DeploymentFacts) -> Vec<(String, String)> {
-    match &facts.record {
-        Ok(Some(record)) => record
-            .policies
-            .iter()
-            .map(|p| (p.name.clone(), p.revision.clone()))
-            .collect(),
-        _ => Vec::new(),
     }
 }
 
