@@ -226,6 +226,12 @@ async fn conflicts_are_reported_and_idle_means_no_writes() {
         dump(&client, &ns.name).await
     );
 
+    // The refusal's Events, on the Deployment and on the policy, follow it from the background.
+    wait_for("the refusal's two Events", || async {
+        (event_writes(&client, &ns.name).await == 2).then_some(())
+    })
+    .await;
+
     // Idle: nothing changes, so nothing is written: not the Deployment, not the policy's status,
     // not one Event. What the operator could have written is compared, not resourceVersions:
     // kube-controller-manager writes Deployment status on its own.
