@@ -143,15 +143,19 @@ async fn run(args: &Args) -> Result<(), Error> {
     let deployments: Vec<Value> = (0..n)
         .map(|i| fleet::deployment("scale-bare", i, false))
         .collect();
-    let log = |name: &str| args.work_dir.join(format!("operator-{name}.log"));
-    let operator = Operator::start(
-        &args.operator,
-        &args.kubeconfig,
-        &one,
-        args.port,
-        args.concurrency,
-        log("one"),
-    )?;
+    // The operator binary watching `scope` (all namespaces when empty), logging to `name`.
+    let start = |scope: &[String], name: &str| {
+        let log = args.work_dir.join(format!("operator-{name}.log"));
+        Operator::start(
+            &args.operator,
+            &args.kubeconfig,
+            scope,
+            args.port,
+            args.concurrency,
+            log,
+        )
+    };
+    let operator = start(&one, "one")?;
     operator.synced(patience).await?;
     let changed = n - refused;
     let mut ratios: [Vec<f64>; 3] = Default::default();
@@ -207,14 +211,7 @@ async fn run(args: &Args) -> Result<(), Error> {
     operator.kill().await;
     apiserver::quiet(&client, patience).await?;
     let before = apiserver::snapshot(&client).await?;
-    let operator = Operator::start(
-        &args.operator,
-        &args.kubeconfig,
-        &one,
-        args.port,
-        args.concurrency,
-        log("one-restart"),
-    )?;
+    let operator = start(&one, "one-restart")?;
     let cold = operator.synced(patience).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cold_start = Measured {
@@ -250,14 +247,7 @@ async fn run(args: &Args) -> Result<(), Error> {
 
     // Spread over namespaces, one policy each, with the operator watching the whole cluster (the
     // default install): it watches every layout's Deployments.
-    let operator = Operator::start(
-        &args.operator,
-        &args.kubeconfig,
-        &[],
-        args.port,
-        args.concurrency,
-        log("cluster"),
-    )?;
+    let operator = start(&[], "cluster")?;
     operator.synced(patience).await?;
     let layout = format!("{} namespaces, operator cluster-wide", spread.len());
     let (create, _) = converge(
