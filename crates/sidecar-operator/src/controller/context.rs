@@ -3,12 +3,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use std::time::{Duration, Instant};
-
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use sidecar_api::SidecarPolicyStatus;
