@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -27,7 +28,13 @@ mod support {
 use support::kustomize::{build, build_inline, deploy_dir, find};
 
 /// The components under deploy/components, each checked below.
-const COMPONENTS: [&str; 4] = ["guardrails", "log-format-text", "resources", "watch-namespaces"];
+const COMPONENTS: [&str; 5] = [
+    "admission-hold",
+    "guardrails",
+    "log-format-text",
+    "resources",
+    "watch-namespaces",
+];
 
 fn base() -> Vec<Value> {
     build(&deploy_dir().join("base"))
@@ -125,6 +132,8 @@ fn assert_all_parse(objects: &[Value]) {
             "Deployment" => round_trip::<Deployment>(object),
             "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(object),
             "Service" => round_trip::<Service>(object),
+            "MutatingAdmissionPolicy" => round_trip::<MutatingAdmissionPolicy>(object),
+            "MutatingAdmissionPolicyBinding" => round_trip::<MutatingAdmissionPolicyBinding>(object),
             other => Err(format!("unexpected kind {other:?}")),
         };
         if let Err(e) = parsed {
@@ -143,12 +152,126 @@ fn every_rendered_object_parses_into_its_kubernetes_type() {
 }
 
 #[test]
-fn deploy_dir_itself_installs_the_base() {
+fn deploy_dir_itself_installs_the_base_with_the_admission_hold() {
     assert_eq!(
         build(&deploy_dir()),
-        base(),
-        "`kubectl apply -k deploy/` must install the base"
+        base_with("admission-hold"),
+        "`kubectl apply -k deploy/` must install the base and the admission hold"
     );
+}
+
+/// The namespaces a binding's namespaceSelector names with `kubernetes.io/metadata.name`, and
+/// the operator of that requirement.
+fn named_namespaces(binding: &Value) -> (String, BTreeSet<String>) {
+    let binding: MutatingAdmissionPolicyBinding = typed(binding);
+    let selector = binding
+        .spec
+        .unwrap()
+        .match_resources
+        .unwrap()
+        .namespace_selector
+        .unwrap();
+    let expressions = selector.match_expressions.unwrap();
+    assert_eq!(expressions.len(), 1, "{expressions:?}");
+    assert_eq!(expressions[0].key, "kubernetes.io/metadata.name");
+    (
+        expressions[0].operator.clone(),
+        expressions[0].values.clone().unwrap().into_iter().collect(),
+    )
+}
+
+#[test]
+fn the_admission_hold_never_holds_where_nobody_releases() {
+    let objects = base_with("admission-hold");
+    let policy: MutatingAdmissionPolicy =
+        typed(find(&objects, "MutatingAdmissionPolicy", "sidecar-operator-hold"));
+    let spec = policy.spec.unwrap();
+    assert_eq!(
+        spec.failure_policy.as_deref(),
+        Some("Ignore"),
+        "a CEL error must never block a Deployment"
+    );
+    let param = spec.param_kind.unwrap();
+    assert_eq!(
+        (param.api_version.as_deref(), param.kind.as_deref()),
+        (Some("sidecar.dev/v1alpha1"), Some("SidecarPolicy"))
+    );
+    let rules = spec.match_constraints.unwrap().resource_rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["deployments".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].operations.as_deref(),
+        Some(&["CREATE".to_owned(), "UPDATE".to_owned()][..])
+    );
+
+    let binding = find(
+        &objects,
+        "MutatingAdmissionPolicyBinding",
+        "sidecar-operator-hold",
+    );
+    let typed_binding: MutatingAdmissionPolicyBinding = typed(binding);
+    let param_ref = typed_binding.spec.unwrap().param_ref.unwrap();
+    assert_eq!(param_ref.parameter_not_found_action.as_deref(), Some("Allow"));
+    let (operator, excluded) = named_namespaces(binding);
+    let own = operator_namespace(&objects);
+    assert_eq!(operator, "NotIn");
+    assert_eq!(excluded, BTreeSet::from(["kube-system".to_owned(), own]));
+
+    // The operator may read the binding (to say at start whether holding is active), by name.
+    let role: ClusterRole = typed(find(&objects, "ClusterRole", "sidecar-operator-admission-hold"));
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap_or_default()),
+        [grant(
+            "admissionregistration.k8s.io",
+            "mutatingadmissionpolicybindings",
+            &[sidecar_operator::controller::ADMISSION_HOLD_BINDING],
+            &["get"]
+        )]
+    );
+}
+
+fn operator_namespace(objects: &[Value]) -> String {
+    operator(objects).metadata.namespace.unwrap()
+}
+
+#[test]
+fn watch_namespaces_narrows_the_admission_hold_to_the_watched_namespaces() {
+    let objects = build_inline(|deploy| {
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\n\
+             components:\n  - {}\n  - {}\n",
+            deploy.join("base").display(),
+            deploy.join("components/admission-hold").display(),
+            deploy.join("components/watch-namespaces").display()
+        )
+    });
+    let watched: Vec<String> = run_args(&objects).namespaces;
+    let (operator, held) = named_namespaces(find(
+        &objects,
+        "MutatingAdmissionPolicyBinding",
+        "sidecar-operator-hold",
+    ));
+    assert_eq!(operator, "In");
+    assert_eq!(
+        held,
+        watched.iter().cloned().collect::<BTreeSet<_>>(),
+        "the hold must cover exactly the namespaces the operator watches"
+    );
+    // The operator's own check at start agrees.
+    let binding: MutatingAdmissionPolicyBinding = typed(find(
+        &objects,
+        "MutatingAdmissionPolicyBinding",
+        "sidecar-operator-hold",
+    ));
+    let selector = binding.spec.unwrap().match_resources.unwrap().namespace_selector;
+    assert_eq!(
+        sidecar_operator::controller::unwatched_hold(selector.as_ref(), &watched),
+        None
+    );
+    assert!(sidecar_operator::controller::unwatched_hold(selector.as_ref(), &watched[..1]).is_some());
 }
 
 #[test]
@@ -338,7 +461,7 @@ fn bindings_grant_the_roles_to_the_operator_only() {
         assert_eq!(pod.service_account_name, account.metadata.name);
         for binding in objects
             .iter()
-            .filter(|o| o["kind"].as_str().unwrap().ends_with("Binding"))
+            .filter(|o| ["RoleBinding", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap()))
         {
             let role_ref = &binding["roleRef"];
             let role = find(

@@ -15,6 +15,11 @@ pub const INJECT_ANNOTATION: &str = "sidecar.dev/inject";
 /// exactly that and nothing the Deployment's owner wrote.
 pub const INJECTED_ANNOTATION: &str = "sidecar.dev/injected";
 
+/// Annotation the admission hold (a MutatingAdmissionPolicy) puts on a Deployment it creates
+/// paused: the SidecarPolicies, comma-separated, whose sidecars it waits for. The operator
+/// renders the Deployment, then removes this annotation and `spec.paused` together.
+pub const HELD_FOR_ANNOTATION: &str = "sidecar.dev/held-for";
+
 /// Label on a policy's ControllerRevisions: the policy's name.
 pub const POLICY_LABEL: &str = "sidecar.dev/policy";
 

@@ -100,6 +100,15 @@ pub struct SidecarPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub revision_history_limit: Option<i32>,
+
+    /// Whether a Deployment this policy selects waits, paused, from its creation until the
+    /// operator has injected the sidecars, so that its first pods already have them (requires
+    /// the install's admission-hold component and Kubernetes 1.36+). Default true: if the
+    /// operator is down, new Deployments wait for it. Set false for a sidecar the app can start
+    /// without (log shipping): new Deployments then start at once, without the sidecars, and
+    /// roll again once the operator has injected them. Not part of a revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_new_deployments: Option<bool>,
 }
 
 /// Where injected containers go relative to the Deployment's own init containers.
@@ -178,9 +187,19 @@ pub struct SidecarPolicyStatus {
     #[serde(default)]
     pub up_to_date_deployments: i32,
 
+    /// How many matched Deployments are still held at admission (created paused, waiting for
+    /// the operator to inject the sidecars and release them). Normally 0: a release takes well
+    /// under a second. Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_deployments: i32,
+
     /// `Ready`, and `Conflict`, `Invalid`, `Degraded`, `Reconciling` or `Stalled` when they apply.
     /// Reasons and messages name the Deployment and field concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }

@@ -200,6 +200,7 @@ fn batch(c: &mut Criterion) {
             selected,
             carried,
             state: State::Applied,
+            held: false,
         };
         index.record("bench", d.metadata.name.as_deref().unwrap(), outcome);
     }

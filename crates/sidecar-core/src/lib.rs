@@ -10,6 +10,7 @@
 mod apply;
 mod facts;
 mod guardrails;
+pub mod hold;
 mod inject;
 pub mod outcome;
 mod problem;

@@ -34,6 +34,9 @@ pub struct Outcome {
     /// The policies it carries, with their revisions: its record, or what was just written.
     pub carried: Vec<(String, String)>,
     pub state: State,
+    /// Still held at admission (created paused until its sidecars are rendered) after this
+    /// reconcile: the release is retried, and the Deployment's pods wait.
+    pub held: bool,
 }
 
 impl Outcome {
@@ -115,6 +118,8 @@ pub struct Summary {
     pub field_conflicts: Named,
     /// Deployments whose write failed for another reason (retried).
     pub write_failures: Named,
+    /// Deployments it selects that are still held at admission (their release is retried).
+    pub held: i32,
 }
 
 impl Summary {
@@ -126,6 +131,7 @@ impl Summary {
             return;
         }
         self.matched += 1;
+        self.held += i32::from(outcome.held);
         if outcome.state == State::Applied && carries(outcome, policy, revision) {
             self.up_to_date += 1;
         }
@@ -186,6 +192,8 @@ struct Tally {
     involved: BTreeSet<String>,
     /// Deployments it selects.
     matched: i32,
+    /// Selected Deployments still held at admission.
+    held: i32,
     /// Selected and applied Deployments, by the policy revision they carry.
     applied: HashMap<String, i32>,
     /// Deployments (any state) by the policy revision they carry.
@@ -200,6 +208,9 @@ impl Tally {
         let selected = outcome.selected.iter().any(|p| p == policy);
         if selected {
             self.matched += sign;
+            if outcome.held {
+                self.held += sign;
+            }
             if outcome.state == State::Applied {
                 for (_, revision) in outcome.carried.iter().filter(|(p, _)| p == policy) {
                     *self.applied.entry(revision.clone()).or_insert(0) += sign;
@@ -236,6 +247,8 @@ pub struct OutcomeIndex {
     /// Deployments that must have an outcome before statuses are worth writing; `None` until the
     /// caller says which (see [`OutcomeIndex::expect`]).
     awaited: Option<HashSet<(String, String)>>,
+    /// Deployments whose last outcome says they are still held, in every namespace.
+    held: usize,
 }
 
 impl OutcomeIndex {
@@ -249,6 +262,7 @@ impl OutcomeIndex {
             return BTreeSet::new();
         }
         let previous = self.forget_quietly(namespace, name);
+        self.held += usize::from(outcome.held);
         let mut touched: BTreeSet<String> = involved(&outcome).collect();
         for policy in &touched {
             let tally = self.tally(namespace, policy);
@@ -282,6 +296,7 @@ impl OutcomeIndex {
         if outcomes.is_empty() {
             self.outcomes.remove(namespace);
         }
+        self.held = self.held.saturating_sub(usize::from(previous.held));
         let touched: BTreeSet<String> = involved(&previous).collect();
         for policy in &touched {
             let key = (namespace.to_owned(), policy.clone());
@@ -331,6 +346,7 @@ impl OutcomeIndex {
         };
         let mut summary = Summary {
             matched: tally.matched,
+            held: tally.held,
             up_to_date: tally.applied.get(revision).copied().unwrap_or(0),
             ..Summary::default()
         };
@@ -340,6 +356,11 @@ impl OutcomeIndex {
             }
         }
         summary
+    }
+
+    /// How many Deployments are still held at admission, in every namespace.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// The revisions of `policy` that Deployments of `namespace` carry, with how many carry each.
@@ -398,6 +419,7 @@ mod tests {
                 .map(|(p, r)| ((*p).to_owned(), (*r).to_owned()))
                 .collect(),
             state: State::Applied,
+            held: false,
         }
     }
 
@@ -426,6 +448,7 @@ mod tests {
             selected: vec!["p1".into(), "p2".into()],
             carried: vec![("p1".into(), "r1".into())],
             state: State::Refused(vec![conflict("p2")]),
+            held: false,
         };
         let touched = index.record("ns", "web", refused);
         assert_eq!(touched, BTreeSet::from(["p1".to_owned(), "p2".to_owned()]));
@@ -471,6 +494,7 @@ mod tests {
                 selected: vec!["p".into()],
                 carried: vec![],
                 state: State::Refused(vec![conflict("p")]),
+                held: false,
             };
             index.record("ns", &format!("d{i}"), refused);
         }

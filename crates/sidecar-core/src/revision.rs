@@ -2,9 +2,10 @@
 //!
 //! A revision covers what a policy injects and where (`order`, `placement`, containers, volumes,
 //! app-container additions, pod settings), not which Deployments get it (`selector`) nor how the
-//! operator keeps its history (`revisionHistoryLimit`): narrowing a selector is not a new version
-//! of a sidecar. The controller stores each revision as a `ControllerRevision` owned by the
-//! policy, as Kubernetes stores a DaemonSet's or a StatefulSet's history, and every Deployment's
+//! operator keeps its history (`revisionHistoryLimit`) nor whether new Deployments wait for it
+//! (`holdNewDeployments`): narrowing a selector is not a new version of a sidecar. The
+//! controller stores each revision as a `ControllerRevision` owned by the policy, as Kubernetes
+//! stores a DaemonSet's or a StatefulSet's history, and every Deployment's
 //! record names the revision it was rendered from, so that a Deployment can be rendered against
 //! the revision it carries.
 //!
@@ -20,7 +21,7 @@ use serde_json::{Map, Value};
 use sidecar_api::{SidecarPolicy, SidecarPolicySpec};
 
 /// Spec fields that are not part of a revision's content.
-const NOT_CONTENT: [&str; 2] = ["selector", "revisionHistoryLimit"];
+const NOT_CONTENT: [&str; 3] = ["selector", "revisionHistoryLimit", "holdNewDeployments"];
 
 /// Characters of the hash kept in names: 40 bits, so two of a policy's revisions collide with a
 /// chance of about one in a trillion. A collision is detected (the stored content differs) and

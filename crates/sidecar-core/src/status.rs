@@ -75,6 +75,7 @@ pub fn unsupported_server_status(
         current_revision: previous.and_then(|p| p.current_revision.clone()),
         matched_deployments: previous.map_or(0, |p| p.matched_deployments),
         up_to_date_deployments: previous.map_or(0, |p| p.up_to_date_deployments),
+        held_deployments: previous.map_or(0, |p| p.held_deployments),
         conditions: list,
     }
 }
@@ -123,6 +124,7 @@ pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deploym
             selected,
             carried,
             state,
+            held: crate::hold::held_for(&deployment.metadata).is_some(),
         };
         let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
         summary.add(name, revision, deployment_name, &outcome);
@@ -224,6 +226,7 @@ pub fn from_summary(
         current_revision: set.revision(name).map(str::to_owned),
         matched_deployments: matched,
         up_to_date_deployments: up_to_date,
+        held_deployments: summary.held,
         conditions: list,
     }
 }

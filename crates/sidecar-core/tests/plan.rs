@@ -37,6 +37,7 @@ fn observed(set: &PolicySet, d: &Deployment) -> Outcome {
         selected,
         carried,
         state,
+        held: false,
     }
 }
 

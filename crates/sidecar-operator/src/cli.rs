@@ -76,6 +76,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = crate::controller::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
+    /// How long a Deployment held at admission (see the admission-hold install component) may
+    /// wait for a render that keeps failing before it is released without its sidecars, with a
+    /// Warning Event. A render that is refused releases it at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::controller::DEFAULT_MAX_HOLD.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_hold_seconds: u64,
+
     /// Address of the /healthz, /readyz and /metrics endpoint.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,

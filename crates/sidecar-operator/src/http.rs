@@ -57,6 +57,8 @@ async fn metrics(State(health): State<Health>) -> (StatusCode, String) {
         .clone();
     let managed = scopes.iter().map(|ctx| managed(&ctx.caches.deployments)).sum();
     health.metrics.set_managed(managed);
+    let held = scopes.iter().map(|ctx| ctx.outcomes().held()).sum();
+    health.metrics.set_held(held);
     let synced = !scopes.is_empty() && scopes.iter().all(|ctx| ctx.outcomes_synced());
     health.metrics.set_synced(synced);
     match health.metrics.encode() {

@@ -1,11 +1,12 @@
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use clap::Parser;
 use sidecar_operator::cli::{Cli, Command, LogFormat, RunArgs};
-use std::sync::atomic::Ordering;
 
-use sidecar_operator::controller::Scope;
+use sidecar_operator::controller::{self, Scope};
 use sidecar_operator::leader::{self, Election};
 use sidecar_operator::{crd, http, render_cmd};
 
@@ -108,11 +109,14 @@ fn run(args: &RunArgs) -> ExitCode {
                     guardrails.clone(),
                     health.metrics.clone(),
                     args.concurrency,
+                    Duration::from_secs(args.max_hold_seconds),
                 )
                 .await,
             );
         }
         health.watch(scopes.iter().map(Scope::context).collect());
+        let holding = controller::admission_hold_active(&client, &args.namespaces).await;
+        health.metrics.set_hold_active(holding);
         let caches_filled = futures::future::join_all(scopes.iter().map(Scope::ready));
         let ready = health.ready.clone();
         tokio::spawn(async move {

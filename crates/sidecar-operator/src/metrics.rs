@@ -39,6 +39,9 @@ pub struct Metrics {
     managed: Gauge,
     synced: Gauge,
     events_pending: Gauge,
+    held: Gauge,
+    hold_duration: Histogram,
+    hold_available: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +56,9 @@ impl Default for Metrics {
         let managed = Gauge::default();
         let synced = Gauge::default();
         let events_pending = Gauge::default();
+        let held = Gauge::default();
+        let hold_duration = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0]);
+        let hold_available = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -80,8 +86,26 @@ impl Default for Metrics {
             "Events waiting to be sent (they follow the writes they report)",
             events_pending.clone(),
         );
+        registry.register(
+            "deployments_held",
+            "Deployments held at admission (created paused) that the operator has not released yet",
+            held.clone(),
+        );
+        registry.register(
+            "hold_duration_seconds",
+            "From when the operator first saw a Deployment held at admission to its release",
+            hold_duration.clone(),
+        );
+        registry.register(
+            "admission_hold_active",
+            "1 when the API server serves MutatingAdmissionPolicy v1 and the install's admission-hold binding exists (read at start)",
+            hold_available.clone(),
+        );
         Metrics {
             registry,
+            held,
+            hold_duration,
+            hold_available,
             synced,
             events_pending,
             reconciles,
@@ -111,6 +135,18 @@ impl Metrics {
 
     pub fn set_managed(&self, deployments: usize) {
         self.managed.set(i64::try_from(deployments).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_held(&self, deployments: usize) {
+        self.held.set(i64::try_from(deployments).unwrap_or(i64::MAX));
+    }
+
+    pub fn hold_released(&self, held: Duration) {
+        self.hold_duration.observe(held.as_secs_f64());
+    }
+
+    pub fn set_hold_active(&self, active: bool) {
+        self.hold_available.set(i64::from(active));
     }
 
     pub fn set_synced(&self, synced: bool) {
@@ -144,6 +180,9 @@ mod tests {
         m.reconciled("deployment", Duration::from_millis(3), Some("api"));
         m.wrote("apply");
         m.set_managed(7);
+        m.set_held(2);
+        m.hold_released(Duration::from_millis(300));
+        m.set_hold_active(true);
         let text = m.encode().unwrap();
         assert!(
             text.contains("sidecar_operator_reconciles_total{controller=\"deployment\"} 2"),
@@ -160,6 +199,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sidecar_operator_deployments_managed 7"), "{text}");
+        assert!(text.contains("sidecar_operator_deployments_held 2"), "{text}");
+        assert!(
+            text.contains("sidecar_operator_hold_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sidecar_operator_admission_hold_active 1"),
+            "{text}"
+        );
         assert!(
             text.contains("sidecar_operator_reconcile_duration_seconds_count{controller=\"deployment\"} 2"),
             "{text}"

@@ -359,6 +359,7 @@ async fn progress_is_written_at_most_once_a_second_but_a_new_condition_at_once()
         selected: vec!["shipper".into()],
         carried: vec![("shipper".into(), revision.clone())],
         state,
+        held: false,
     };
     h.ctx.record_outcome("demo", "a", outcome(State::Applied));
     h.ctx.record_outcome("demo", "b", outcome(State::Pending));

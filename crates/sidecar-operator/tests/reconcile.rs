@@ -228,6 +228,7 @@ async fn a_refusal_is_reported_once_even_across_restarts() {
         "web",
         sidecar_core::outcome::Outcome {
             state: State::Pending,
+            held: false,
             ..refused
         },
     );

@@ -40,6 +40,7 @@ pub async fn start_operator(
         guardrails,
         Default::default(),
         controller::DEFAULT_CONCURRENCY,
+        controller::DEFAULT_MAX_HOLD,
     )
     .await;
     tokio::spawn(scope.run())

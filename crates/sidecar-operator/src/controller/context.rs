@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 
 /// How soon a reconcile that found a cache still filling runs again.
 pub const CACHE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Default of `--max-hold`: how long a Deployment held at admission may wait for a render that
+/// keeps failing before it is released without its sidecars.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(120);
 /// How often [`Context::wait_until_filled`] looks at the caches.
 const FILLED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -86,6 +89,8 @@ pub(crate) struct Written {
     pub resource_versions: Vec<String>,
     /// A digest of the plan that was written.
     pub plan: u64,
+    /// The write released the Deployment from the admission hold.
+    pub released: bool,
 }
 
 /// What recording an outcome changed.
@@ -119,6 +124,10 @@ pub struct Context {
     /// Revision writes the revision cache may not show yet, by (namespace, policy, hash): the
     /// number written, or `None` for a deletion.
     revisions_written: Mutex<HashMap<(String, String, String), Option<i64>>>,
+    /// When this process first saw each Deployment that is held at admission.
+    held_since: Mutex<HashMap<ObjectRef<DeploymentView>, Instant>>,
+    /// How long a held Deployment may wait for a render that keeps failing.
+    pub max_hold: Duration,
 }
 
 impl std::fmt::Debug for Context {
@@ -153,7 +162,15 @@ impl Context {
             policy_failures: Mutex::default(),
             status_written: Mutex::default(),
             revisions_written: Mutex::default(),
+            held_since: Mutex::default(),
+            max_hold: DEFAULT_MAX_HOLD,
         }
+    }
+
+    /// Sets how long a held Deployment may wait for a render that keeps failing.
+    pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = max_hold;
+        self
     }
 
     /// Shares `metrics` with the HTTP endpoint.
@@ -228,6 +245,7 @@ impl Context {
         let key = ObjectRef::new(name).within(namespace);
         lock(&self.written).remove(&key);
         lock(&self.deployment_failures).remove(&key);
+        lock(&self.held_since).remove(&key);
         let (touched, synced_now) = {
             let mut outcomes = lock(&self.outcomes);
             let was_synced = outcomes.is_synced();
@@ -298,6 +316,18 @@ impl Context {
         lock(&self.written)
             .get(deployment)
             .is_some_and(|w| w.plan == plan && w.resource_versions.iter().any(|rv| rv == resource_version))
+    }
+
+    /// Whether this process released `deployment` after a write the cache, still showing
+    /// `resource_version`, has not caught up with.
+    pub(crate) fn released_already(
+        &self,
+        deployment: &ObjectRef<DeploymentView>,
+        resource_version: &str,
+    ) -> bool {
+        lock(&self.written)
+            .get(deployment)
+            .is_some_and(|w| w.released && w.resource_versions.iter().any(|rv| rv == resource_version))
     }
 
     pub(crate) fn wrote(&self, deployment: ObjectRef<DeploymentView>, written: Written) {
@@ -385,6 +415,22 @@ impl Context {
                 }
             }
         });
+    }
+
+    /// How long `deployment`, held at admission, has been seen held by this process (zero the
+    /// first time).
+    pub(crate) fn held_for(&self, deployment: &ObjectRef<DeploymentView>) -> Duration {
+        lock(&self.held_since)
+            .entry(deployment.clone())
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    /// A held Deployment was released (or deleted): how long this process saw it held.
+    pub(crate) fn hold_ended(&self, deployment: &ObjectRef<DeploymentView>) -> Option<Duration> {
+        lock(&self.held_since)
+            .remove(deployment)
+            .map(|since| since.elapsed())
     }
 
     /// Test and metrics access to the failure counts: (Deployments, policies) with failures.

@@ -11,6 +11,7 @@ mod context;
 mod dispatch;
 mod error;
 mod events;
+mod hold;
 mod policy_sets;
 mod reconcile;
 mod revisions;
@@ -19,7 +20,7 @@ mod view;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -35,9 +36,12 @@ use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 
-pub use context::{CACHE_RETRY, Caches, Context, Transition, TriggerStreams, Triggers};
+pub use context::{CACHE_RETRY, Caches, Context, DEFAULT_MAX_HOLD, Transition, TriggerStreams, Triggers};
 pub use dispatch::Dispatch;
 pub use error::Error;
+pub use hold::{
+    BINDING as ADMISSION_HOLD_BINDING, check_active as admission_hold_active, release_patch, unwatched_hold,
+};
 pub use policy_sets::{NamespacePolicies, PolicySets};
 pub use reconcile::{error_policy, reconcile};
 pub use revisions::revision_name;
@@ -85,6 +89,7 @@ impl Scope {
         guardrails: Guardrails,
         metrics: Arc<Metrics>,
         concurrency: u16,
+        max_hold: Duration,
     ) -> Self {
         let apis = match namespace {
             Some(ns) => Apis {
@@ -111,6 +116,7 @@ impl Scope {
         let ctx = Context::new(client, caches, guardrails, triggers)
             .with_unsupported_server(unsupported_server)
             .with_metrics(metrics)
+            .with_max_hold(max_hold)
             .with_background_events();
         Scope {
             ctx: Arc::new(ctx),

@@ -19,18 +19,38 @@ use super::FIELD_MANAGER;
 use super::context::{CACHE_RETRY, Context, Written};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
+use super::hold::{self, Release};
 use super::view::DeploymentView;
 
 #[instrument(skip_all, fields(deployment = %view.name(), namespace = %view.namespace()))]
 pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if ctx.unsupported_server.is_some() {
+    let key = ObjectRef::from_obj(&*view);
+    let held = view.held_for().is_some();
+    let resource_version = view.metadata.resource_version.as_deref().unwrap_or_default();
+    if held && ctx.held_for(&key) >= ctx.max_hold {
+        // Something keeps failing (its reconciles said what): the owner's pods must not wait
+        // forever for sidecars.
+        let why = Release::WithoutSidecars {
+            reason: "HoldTimedOut",
+            why: format!("not rendered within --max-hold ({:?})", ctx.max_hold),
+        };
+        hold::release(&ctx, &view, resource_version, why).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(reason) = &ctx.unsupported_server {
+        if held {
+            let why = Release::WithoutSidecars {
+                reason: "UnsupportedServer",
+                why: reason.clone(),
+            };
+            hold::release(&ctx, &view, resource_version, why).await?;
+        }
         return Ok(Action::await_change()); // every policy's status says why
     }
     // Planning against a cache that is still filling would strip every sidecar.
     if !ctx.caches_filled() {
         return Ok(Action::requeue(CACHE_RETRY));
     }
-    let key = ObjectRef::from_obj(&*view);
     let (namespace, name) = (view.namespace(), view.name());
     let facts = view.facts();
     let metadata = view.planning_metadata();
@@ -41,21 +61,32 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    let outcome = |state| Outcome {
+    let outcome = |state, held| Outcome {
         selected: selected.clone(),
         carried: facts.carried(),
         state,
+        held,
     };
 
     if let Some(invalid) = policies.unreadable.first() {
         // It may select this Deployment, or have injected into it: planning without it could
         // strip what it asked for. Leave the Deployment as it is until the policy is fixed.
         let policy = invalid.metadata.name.clone().unwrap_or_default();
+        let released = if held {
+            let why = Release::WithoutSidecars {
+                reason: "UnreadablePolicy",
+                why: format!("SidecarPolicy {policy:?} cannot be read: {}", invalid.error),
+            };
+            hold::release(&ctx, &view, resource_version, why).await
+        } else {
+            Ok(())
+        };
         let state = State::Blocked {
             policy: policy.clone(),
             message: invalid.error.clone(),
         };
-        let transition = ctx.record_outcome(namespace, name, outcome(state));
+        let transition = ctx.record_outcome(namespace, name, outcome(state, released.is_err()));
+        released?;
         if transition.changed {
             warn!(%policy, "SidecarPolicy cannot be decoded: {}", invalid.error);
             let note = format!(
@@ -78,8 +109,18 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
     let plan = match policies.set.plan(&metadata, &facts) {
         Ok(plan) => plan,
         Err(refusal) => {
+            let released = if held {
+                let why = Release::WithoutSidecars {
+                    reason: "ReleasedWithoutSidecars",
+                    why: format!("the render was refused: {refusal}"),
+                };
+                hold::release(&ctx, &view, resource_version, why).await
+            } else {
+                Ok(())
+            };
             let state = State::Refused(refusal.problems.clone());
-            let transition = ctx.record_outcome(namespace, name, outcome(state));
+            let transition = ctx.record_outcome(namespace, name, outcome(state, released.is_err()));
+            released?;
             if transition.changed {
                 warn!(problems = refusal.problems.len(), "render refused: {refusal}");
                 report_refusal(&ctx, &view, &refusal, transition.first).await;
@@ -88,37 +129,62 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             return Ok(Action::await_change());
         }
     };
-    let applied = Outcome {
+    let applied = |held| Outcome {
         selected: selected.clone(),
         carried: plan.record.carried(),
         state: State::Applied,
+        held,
     };
     if plan.is_applied(&facts) {
+        if held && ctx.released_already(&key, resource_version) {
+            // The cache shows the write before the release; the release's update follows.
+            debug!("released already, waiting for the cache");
+            return Ok(Action::await_change());
+        }
         ctx.settled(&key);
-        ctx.record_outcome(namespace, name, applied);
+        if held {
+            let why = if selected.is_empty() {
+                Release::NothingSelects
+            } else {
+                Release::Rendered
+            };
+            let released = hold::release(&ctx, &view, resource_version, why).await;
+            ctx.record_outcome(namespace, name, applied(released.is_err()));
+            released?;
+        } else {
+            ctx.record_outcome(namespace, name, applied(false));
+        }
         ctx.deployment_succeeded(&key);
         return Ok(Action::await_change());
     }
     let digest = digest(&plan);
-    let resource_version = view.metadata.resource_version.as_deref().unwrap_or_default();
     if ctx.written_already(&key, resource_version, digest) {
-        // This plan was written; the cache has not caught up. Its update will trigger again.
+        // This plan was written; the cache has not caught up. Its update will trigger again (and
+        // release a held Deployment if the release after the write failed).
         debug!("write already done, waiting for the cache");
         return Ok(Action::await_change());
     }
     match write(&ctx, &view, &plan).await {
         Ok(mut resource_versions) => {
+            // The release is guarded by the resourceVersion of the operator's own last write: a
+            // change by anyone else in between is rendered before the Deployment goes.
+            let released = match resource_versions.last() {
+                Some(written) if held => hold::release(&ctx, &view, written, Release::Rendered).await,
+                _ => Ok(()),
+            };
             resource_versions.push(resource_version.to_owned());
             ctx.wrote(
                 key.clone(),
                 Written {
                     resource_versions,
                     plan: digest,
+                    released: held && released.is_ok(),
                 },
             );
-            ctx.record_outcome(namespace, name, applied);
-            ctx.deployment_succeeded(&key);
+            ctx.record_outcome(namespace, name, applied(released.is_err()));
             report_change(&ctx, &view, &facts, &plan).await;
+            released?;
+            ctx.deployment_succeeded(&key);
             Ok(Action::await_change())
         }
         Err(error) => {
@@ -126,7 +192,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 conflict: matches!(error, Error::FieldConflict { .. }),
                 message: error.to_string(),
             };
-            ctx.record_outcome(namespace, name, outcome(state));
+            ctx.record_outcome(namespace, name, outcome(state, held));
             Err(error)
         }
     }
@@ -134,13 +200,21 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
 
 /// Retries with exponential backoff per Deployment; a field conflict waits longer, since it
 /// needs a person.
+/// A held Deployment is retried no later than its `--max-hold` runs out, when it is released
+/// whatever the error.
 pub fn error_policy(view: Arc<DeploymentView>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.deployment_failed(ObjectRef::from_obj(&*view));
+    let key = ObjectRef::from_obj(&*view);
+    let failures = ctx.deployment_failed(key.clone());
     warn!(deployment = %view.name(), namespace = %view.namespace(), category = error.category(), failures, "reconcile failed: {error}");
-    match error {
-        Error::FieldConflict { .. } => Action::requeue(backoff(failures.max(6))),
-        _ => Action::requeue(backoff(failures)),
+    let wait = match error {
+        Error::FieldConflict { .. } => backoff(failures.max(6)),
+        _ => backoff(failures),
+    };
+    if view.held_for().is_some() {
+        let left = ctx.max_hold.saturating_sub(ctx.held_for(&key));
+        return Action::requeue(wait.min(left.max(CACHE_RETRY)));
     }
+    Action::requeue(wait)
 }
 
 /// A digest of what a plan writes: the apply configuration (record included) and the order.

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use sidecar_api::INJECT_ANNOTATION;
+use sidecar_api::{HELD_FOR_ANNOTATION, INJECT_ANNOTATION};
 use sidecar_core::DeploymentFacts;
 use sidecar_core::selector::LabelSet;
 
@@ -29,8 +29,11 @@ use sidecar_core::selector::LabelSet;
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentView {
     /// Name, namespace, uid, resourceVersion, generation, and of the annotations only the opt-out
-    /// one (`sidecar.dev/inject`); the labels are in `labels`, the record in the facts.
+    /// one (`sidecar.dev/inject`) and the admission hold's (`sidecar.dev/held-for`); the labels
+    /// are in `labels`, the record in the facts.
     pub metadata: ObjectMeta,
+    /// `spec.paused`: a held Deployment is released by unpausing it.
+    pub paused: bool,
     /// The Deployment's labels (a `BTreeMap` would take three times the memory).
     pub labels: LabelSet,
     /// [`DeploymentFacts::compact`]; see [`DeploymentView::facts`].
@@ -51,7 +54,7 @@ impl DeploymentView {
             .annotations
             .iter()
             .flatten()
-            .filter(|(key, _)| key.as_str() == INJECT_ANNOTATION)
+            .filter(|(key, _)| [INJECT_ANNOTATION, HELD_FOR_ANNOTATION].contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         let metadata = ObjectMeta {
@@ -67,10 +70,12 @@ impl DeploymentView {
         let facts = DeploymentFacts::compact(deployment).into_boxed_str();
         let managed =
             matches!(sidecar_core::InjectionRecord::read(deployment), Ok(Some(record)) if !record.is_empty());
+        let paused = deployment.spec.paused.unwrap_or(false);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&metadata.uid, &labels, &metadata.annotations, &facts).hash(&mut hasher);
+        (&metadata.uid, &labels, &metadata.annotations, paused, &facts).hash(&mut hasher);
         DeploymentView {
             metadata,
+            paused,
             labels,
             facts,
             managed,
@@ -89,6 +94,12 @@ impl DeploymentView {
             labels: self.labels.to_map(),
             ..self.metadata.clone()
         }
+    }
+
+    /// The SidecarPolicies it is held at admission for, if it is held (see
+    /// [`sidecar_core::hold`]).
+    pub fn held_for(&self) -> Option<Vec<&str>> {
+        sidecar_core::hold::held_for(&self.metadata)
     }
 
     /// The Deployment's name.
@@ -117,6 +128,7 @@ impl<'de> Deserialize<'de> for DeploymentView {
                 ..ObjectMeta::default()
             },
             spec: DeploymentSpec {
+                paused: wire.spec.paused,
                 template: wire.spec.template,
                 ..DeploymentSpec::default()
             },
@@ -149,6 +161,8 @@ struct WireMeta {
 
 #[derive(Deserialize)]
 struct WireSpec {
+    #[serde(default)]
+    paused: Option<bool>,
     template: PodTemplateSpec,
 }
 
