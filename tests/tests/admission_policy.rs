@@ -54,7 +54,11 @@ fn named(list: &Value, name: &str) -> String {
 }
 
 /// The annotation keys the expressions name.
-const ANNOTATION_KEYS: [&str; 3] = ["sidecar.dev/inject", "sidecar.dev/held-for", "sidecar.dev/injected"];
+const ANNOTATION_KEYS: [&str; 3] = [
+    "sidecar.dev/inject",
+    "sidecar.dev/held-for",
+    "sidecar.dev/injected",
+];
 
 /// kube-cel escapes every map key as the API server escapes a CRD's property names (`.` as
 /// `__dot__`, `/` as `__slash__`, ...); the API server does not escape the keys of a map such as
@@ -160,8 +164,10 @@ fn the_hold_selects_exactly_what_the_engine_selects() {
         let typed: LabelSelector = serde_json::from_value(selector.clone()).unwrap();
         for labels in label_sets {
             let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-            let owned: BTreeMap<String, String> =
-                labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            let owned: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
             let engine = sidecar_core::selector::matches(&typed, &owned).unwrap();
             let evaluator = VapEvaluator::builder()
                 .object(deployment(&labels, json!({}), None))
@@ -201,7 +207,10 @@ fn opted_out_paused_and_unchanged_deployments_are_never_held() {
             .request(request("CREATE"))
             .build()
     };
-    assert!(conditions_hold(&spec, &create(json!({}), None)), "a new Deployment");
+    assert!(
+        conditions_hold(&spec, &create(json!({}), None)),
+        "a new Deployment"
+    );
     assert!(conditions_hold(&spec, &create(json!({}), Some(false))));
     assert!(
         conditions_hold(&spec, &create(json!({"sidecar.dev/inject": "true"}), None)),
@@ -213,9 +222,15 @@ fn opted_out_paused_and_unchanged_deployments_are_never_held() {
         &serde_json::from_value(deployment(&labels, opted_out.clone(), None)["metadata"].clone()).unwrap()
     ));
     assert!(!conditions_hold(&spec, &create(opted_out, None)), "opted out");
-    assert!(!conditions_hold(&spec, &create(json!({}), Some(true))), "its owner created it paused");
     assert!(
-        conditions_hold(&spec, &create(json!({"sidecar.dev/held-for": "logs"}), Some(true))),
+        !conditions_hold(&spec, &create(json!({}), Some(true))),
+        "its owner created it paused"
+    );
+    assert!(
+        conditions_hold(
+            &spec,
+            &create(json!({"sidecar.dev/held-for": "logs"}), Some(true))
+        ),
         "paused by an earlier policy's hold: this one joins it"
     );
 
@@ -236,7 +251,10 @@ fn opted_out_paused_and_unchanged_deployments_are_never_held() {
         !conditions_hold(&spec, &update(record.clone(), record.clone())),
         "an apply keeps the record: no hold"
     );
-    assert!(!conditions_hold(&spec, &update(json!({}), json!({}))), "never injected");
+    assert!(
+        !conditions_hold(&spec, &update(json!({}), json!({}))),
+        "never injected"
+    );
 }
 
 #[test]
@@ -259,5 +277,8 @@ fn the_hold_names_every_policy_it_waits_for_and_respects_the_opt_out_field() {
     assert!(holds(&format!("({held_for}) == 'logs,mesh'"), &second));
     assert!(holds(&holds_variable, &first), "holding is the default");
     policy["spec"]["holdNewDeployments"] = json!(false);
-    assert!(!holds(&holds_variable, &evaluate(json!({}), policy)), "holdNewDeployments: false");
+    assert!(
+        !holds(&holds_variable, &evaluate(json!({}), policy)),
+        "holdNewDeployments: false"
+    );
 }

@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use http::Method;
+use http::{Method, Response};
+use kube::client::Body;
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
@@ -15,6 +16,7 @@ use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION};
 use sidecar_core::Guardrails;
 use sidecar_core::outcome::State;
 use sidecar_operator::controller::{Caches, Context, Error, GuardedPolicy, Triggers};
+use tower_test::mock::SendResponse;
 
 #[tokio::test]
 async fn injects_with_server_side_apply_of_only_the_owned_fields() {
@@ -453,4 +455,102 @@ async fn an_old_server_gets_no_writes() {
     // A reconcile that made a request would wait for its answer, which never comes.
     sidecar_operator::controller::reconcile(view, ctx).await.unwrap();
     assert!(futures::FutureExt::now_or_never(handle.next_request()).is_none());
+}
+
+/// `d` as the admission hold creates it: paused, annotated with the policies it waits for.
+fn held(mut d: k8s_openapi::api::apps::v1::Deployment) -> k8s_openapi::api::apps::v1::Deployment {
+    d.spec.paused = Some(true);
+    d.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(sidecar_api::HELD_FOR_ANNOTATION.into(), "shipper".into());
+    d.metadata.generation = Some(1);
+    d
+}
+
+/// The release: a JSON Patch guarded by the generation the operator wrote or read.
+async fn expect_release(handle: &mut ApiHandle, generation: i64) -> SendResponse<Response<Body>> {
+    let (request, body, send) = next(handle).await;
+    assert_eq!(request.method(), Method::PATCH);
+    assert_eq!(request.uri().path(), DEPLOYMENT_PATH);
+    assert_eq!(request.headers()["content-type"], "application/json-patch+json");
+    assert_eq!(
+        body,
+        json!([
+            {"op": "test", "path": "/metadata/generation", "value": generation},
+            {"op": "remove", "path": "/metadata/annotations/sidecar.dev~1held-for"},
+            {"op": "remove", "path": "/spec/paused"},
+        ])
+    );
+    send
+}
+
+#[tokio::test]
+async fn a_held_deployment_is_rendered_then_released() {
+    let policies = vec![policy("shipper")];
+    let mut h = Harness::new(policies.clone(), vec![held(deployment())]);
+    let written = policies.clone();
+    h.reconcile("web", |mut handle| async move {
+        let policies = written;
+        let (body, send) = expect_apply(&mut handle).await;
+        assert!(
+            body["spec"].get("paused").is_none(),
+            "the apply never owns spec.paused"
+        );
+        let mut applied = held(stored(&deployment(), &policies));
+        applied.metadata.generation = Some(2);
+        respond(send, &applied);
+        // Released only after the sidecars are in, guarded by the apply's generation.
+        let send = expect_release(&mut handle, 2).await;
+        respond(send, &stored(&deployment(), &policies));
+        assert_eq!(expect_event(&mut handle).await.0, "SidecarsInjected");
+        handle
+    })
+    .await
+    .unwrap();
+    let outcome = h.ctx.outcomes().get("demo", "web").unwrap().clone();
+    assert_eq!((outcome.state, outcome.held), (State::Applied, false));
+    assert_eq!(h.ctx.outcomes().held(), 0);
+
+    // The cache then shows the apply's result, still held: the release is on its way.
+    let mut applied = held(stored(&deployment(), &policies));
+    applied.metadata.generation = Some(2);
+    h.deployment_event(Event::Apply(view(&applied)));
+    h.reconcile("web", |handle| async move { handle }).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_render_releases_without_injection_and_says_so() {
+    // The policy's sidecar is called `web`, like the app container: a conflict.
+    let mut h = Harness::new(vec![policy("web")], vec![held(deployment())]);
+    h.reconcile("web", |mut handle| async move {
+        let send = expect_release(&mut handle, 1).await;
+        respond(send, &deployment());
+        let mut reasons = Vec::new();
+        for _ in 0..3 {
+            reasons.push(expect_event(&mut handle).await.0);
+        }
+        reasons.sort();
+        assert_eq!(reasons, ["Conflict", "Conflict", "ReleasedWithoutSidecars"]);
+        handle
+    })
+    .await
+    .unwrap();
+    assert!(!h.ctx.outcomes().get("demo", "web").unwrap().held);
+}
+
+#[tokio::test]
+async fn a_failed_release_keeps_the_deployment_counted_as_held_and_is_retried() {
+    let policies = vec![policy("shipper")];
+    let mut h = Harness::new(policies.clone(), vec![held(stored(&deployment(), &policies))]);
+    let result = h
+        .reconcile("web", |mut handle| async move {
+            let send = expect_release(&mut handle, 1).await;
+            fail(send, 422, "Invalid", "the test operation failed");
+            handle
+        })
+        .await;
+    assert!(result.is_err(), "retried with backoff");
+    assert!(h.ctx.outcomes().get("demo", "web").unwrap().held);
+    assert_eq!(h.ctx.outcomes().held(), 1);
 }

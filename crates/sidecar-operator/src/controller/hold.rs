@@ -3,8 +3,10 @@
 //! until the operator has rendered it. Whatever the render's outcome, the hold ends here.
 //!
 //! The release is a JSON Patch that removes `spec.paused` and the annotation, guarded by a `test`
-//! of the resourceVersion the operator last wrote or read: a change made in between (the owner
-//! replaced the template) fails the guard, and the next reconcile renders that change first. A
+//! of the generation the operator last wrote or read: a spec change made in between (the owner
+//! replaced the template) fails the guard, and the next reconcile renders that change first. Not
+//! the resourceVersion: kube-controller-manager writes the status of the paused Deployment right
+//! after the operator's apply, which changes no generation. A
 //! removal leaves no field owned: a server-side apply would keep the operator owner of
 //! `spec.paused`, and a person's later `kubectl rollout pause` or a GitOps tool's apply of
 //! `paused` would then conflict with it. A Deployment its owner created paused is never held
@@ -37,12 +39,12 @@ pub enum Release {
     WithoutSidecars { reason: &'static str, why: String },
 }
 
-/// The JSON Patch that releases a held Deployment whose resourceVersion is `resource_version`:
-/// the annotation goes, and `spec.paused` if it is set.
-pub fn release_patch(resource_version: &str, paused: bool) -> Value {
+/// The JSON Patch that releases a held Deployment if its spec is still at `generation`: the
+/// annotation goes, and `spec.paused` if it is set.
+pub fn release_patch(generation: i64, paused: bool) -> Value {
     let annotation = HELD_FOR_ANNOTATION.replace('~', "~0").replace('/', "~1");
     let mut operations = vec![
-        json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}),
+        json!({"op": "test", "path": "/metadata/generation", "value": generation}),
         json!({"op": "remove", "path": format!("/metadata/annotations/{annotation}")}),
     ];
     if paused {
@@ -51,19 +53,19 @@ pub fn release_patch(resource_version: &str, paused: bool) -> Value {
     Value::Array(operations)
 }
 
-/// Releases `view` (held at admission), whose current resourceVersion is `resource_version`
-/// (the cached one, or the one the operator's own write returned), and tells the user why when
-/// it goes out without its sidecars.
+/// Releases `view` (held at admission), whose spec is at `generation` (the cached one, or the
+/// one the operator's own write returned), and tells the user why when it goes out without its
+/// sidecars.
 pub async fn release(
     ctx: &Context,
     view: &DeploymentView,
-    resource_version: &str,
+    generation: i64,
     why: Release,
 ) -> Result<(), Error> {
     let (namespace, name) = (view.namespace(), view.name());
     let held_for = view.held_for().unwrap_or_default().join(", ");
     let api: Api<DeploymentView> = Api::namespaced(ctx.client.clone(), namespace);
-    let written = match serde_json::from_value(release_patch(resource_version, view.paused)) {
+    let written = match serde_json::from_value(release_patch(generation, view.paused)) {
         Ok(patch) => {
             api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
                 .await
@@ -229,14 +231,14 @@ mod tests {
     #[test]
     fn a_release_is_guarded_and_removes_what_the_hold_set() {
         assert_eq!(
-            release_patch("42", true),
+            release_patch(42, true),
             json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+                {"op": "test", "path": "/metadata/generation", "value": 42},
                 {"op": "remove", "path": "/metadata/annotations/sidecar.dev~1held-for"},
                 {"op": "remove", "path": "/spec/paused"},
             ])
         );
-        let unpaused = release_patch("42", false);
+        let unpaused = release_patch(42, false);
         assert_eq!(
             unpaused.as_array().map(Vec::len),
             Some(2),

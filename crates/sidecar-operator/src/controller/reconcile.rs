@@ -27,6 +27,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
     let key = ObjectRef::from_obj(&*view);
     let held = view.held_for().is_some();
     let resource_version = view.metadata.resource_version.as_deref().unwrap_or_default();
+    let generation = view.metadata.generation.unwrap_or_default();
     if held && ctx.held_for(&key) >= ctx.max_hold {
         // Something keeps failing (its reconciles said what): the owner's pods must not wait
         // forever for sidecars.
@@ -34,7 +35,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             reason: "HoldTimedOut",
             why: format!("not rendered within --max-hold ({:?})", ctx.max_hold),
         };
-        hold::release(&ctx, &view, resource_version, why).await?;
+        hold::release(&ctx, &view, generation, why).await?;
         return Ok(Action::await_change());
     }
     if let Some(reason) = &ctx.unsupported_server {
@@ -43,7 +44,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 reason: "UnsupportedServer",
                 why: reason.clone(),
             };
-            hold::release(&ctx, &view, resource_version, why).await?;
+            hold::release(&ctx, &view, generation, why).await?;
         }
         return Ok(Action::await_change()); // every policy's status says why
     }
@@ -77,7 +78,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 reason: "UnreadablePolicy",
                 why: format!("SidecarPolicy {policy:?} cannot be read: {}", invalid.error),
             };
-            hold::release(&ctx, &view, resource_version, why).await
+            hold::release(&ctx, &view, generation, why).await
         } else {
             Ok(())
         };
@@ -114,7 +115,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                     reason: "ReleasedWithoutSidecars",
                     why: format!("the render was refused: {refusal}"),
                 };
-                hold::release(&ctx, &view, resource_version, why).await
+                hold::release(&ctx, &view, generation, why).await
             } else {
                 Ok(())
             };
@@ -148,7 +149,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             } else {
                 Release::Rendered
             };
-            let released = hold::release(&ctx, &view, resource_version, why).await;
+            let released = hold::release(&ctx, &view, generation, why).await;
             ctx.record_outcome(namespace, name, applied(released.is_err()));
             released?;
         } else {
@@ -165,10 +166,10 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
     match write(&ctx, &view, &plan).await {
-        Ok(mut resource_versions) => {
-            // The release is guarded by the resourceVersion of the operator's own last write: a
+        Ok((mut resource_versions, written_generation)) => {
+            // The release is guarded by the generation of the operator's own last write: a spec
             // change by anyone else in between is rendered before the Deployment goes.
-            let released = match resource_versions.last() {
+            let released = match written_generation {
                 Some(written) if held => hold::release(&ctx, &view, written, Release::Rendered).await,
                 _ => Ok(()),
             };
@@ -226,8 +227,12 @@ fn digest(plan: &Plan) -> u64 {
 }
 
 /// Server-side apply of the plan, then the order check. Returns the resourceVersions the writes
-/// produced.
-async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<String>, Error> {
+/// produced, and the generation of the last.
+async fn write(
+    ctx: &Context,
+    view: &DeploymentView,
+    plan: &Plan,
+) -> Result<(Vec<String>, Option<i64>), Error> {
     let (namespace, name) = (view.namespace(), view.name());
     // The answer is read as a view too: only its order and resourceVersion matter here.
     let api: Api<DeploymentView> = Api::namespaced(ctx.client.clone(), namespace);
@@ -242,6 +247,7 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
     ctx.metrics.wrote("apply");
     ctx.events.deployment_written();
     let mut resource_versions: Vec<String> = stored.resource_version().into_iter().collect();
+    let mut generation = stored.metadata.generation;
     let have = stored.facts().init_order;
     if have != plan.init_order {
         let reordered = reorder(ctx, &stored, &have, &plan.init_order)
@@ -252,9 +258,10 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
                 name: name.to_owned(),
                 source,
             })?;
-        resource_versions.extend(reordered);
+        resource_versions.extend(reordered.metadata.resource_version);
+        generation = reordered.metadata.generation;
     }
-    Ok(resource_versions)
+    Ok((resource_versions, generation))
 }
 
 /// Server-side apply merges list entries and may not keep the order the engine computed when
@@ -263,13 +270,13 @@ async fn write(ctx: &Context, view: &DeploymentView, plan: &Plan) -> Result<Vec<
 /// computed one, reorder the stored list with a JSON Patch of `move`s, guarded by a `test` of
 /// its resourceVersion so that nothing written in between is lost. A move changes no field
 /// value, so no field changes owner, and the patch needs no copy of the entries (no read of the
-/// whole Deployment). Returns the resourceVersion of the reorder.
+/// whole Deployment). Returns the reordered Deployment.
 async fn reorder(
     ctx: &Context,
     stored: &DeploymentView,
     have: &[String],
     want: &[String],
-) -> Result<Option<String>, kube::Error> {
+) -> Result<DeploymentView, kube::Error> {
     info!(
         ?have,
         ?want,
@@ -285,7 +292,7 @@ async fn reorder(
         )
         .await?;
     ctx.metrics.wrote("reorder");
-    Ok(reordered.resource_version())
+    Ok(reordered)
 }
 
 /// The JSON Patch that turns the init container order `have` into `want`, if `resource_version`
