@@ -143,9 +143,17 @@ pub async fn check_active(client: &Client, watched: &[String]) -> bool {
             info!("MutatingAdmissionPolicyBinding {BINDING} is not installed: new Deployments are not held");
             return false;
         }
+        // The admission-hold component grants this read; an install without it gets a 403.
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            info!(
+                "admission hold not active: the admission-hold install component (which lets the operator read \
+                 MutatingAdmissionPolicyBinding {BINDING}) is not installed"
+            );
+            return false;
+        }
         Err(e) => {
             warn!(
-                "could not read MutatingAdmissionPolicyBinding {BINDING} ({e}); is the admission-hold component's RBAC installed?"
+                "could not read MutatingAdmissionPolicyBinding {BINDING} ({e}); assuming no admission hold"
             );
             return false;
         }
