@@ -269,7 +269,7 @@ async fn a_wrong_stored_order_is_fixed_with_a_guarded_reorder() {
             .unwrap()
             .reverse();
         respond(send, &misordered);
-        // The stored list is reordered in place: moves, guarded by the stored resourceVersion.
+        // The stored list is reordered in place: moves, guarded by the stored generation.
         let (request, body, send) = next(&mut handle).await;
         assert_eq!(request.method(), Method::PATCH);
         assert_eq!(request.uri().path(), DEPLOYMENT_PATH);
@@ -277,10 +277,10 @@ async fn a_wrong_stored_order_is_fixed_with_a_guarded_reorder() {
         assert_eq!(
             body,
             json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": "8"},
+                {"op": "test", "path": "/metadata/generation", "value": 2},
                 {"op": "move", "from": "/spec/template/spec/initContainers/1", "path": "/spec/template/spec/initContainers/0"},
             ]),
-            "guarded by the stored resourceVersion; no entry is sent"
+            "guarded by the stored generation; no entry is sent"
         );
         let mut reordered = stored(&deployment(), &policies);
         reordered.metadata.resource_version = Some("9".into());
@@ -356,7 +356,7 @@ async fn a_stale_reorder_is_retried_as_an_api_error_not_a_field_conflict() {
             respond(send, &misordered);
             let (request, _, send) = next(&mut handle).await;
             assert_eq!(request.headers()["content-type"], "application/json-patch+json");
-            // What the API server answers when the `test` of the resourceVersion fails.
+            // What the API server answers when the `test` of the generation fails.
             fail(
                 send,
                 422,

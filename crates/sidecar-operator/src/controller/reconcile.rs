@@ -234,7 +234,7 @@ async fn write(
     plan: &Plan,
 ) -> Result<(Vec<String>, Option<i64>), Error> {
     let (namespace, name) = (view.namespace(), view.name());
-    // The answer is read as a view too: only its order and resourceVersion matter here.
+    // The answer is read as a view too: only its order, resourceVersion and generation matter.
     let api: Api<DeploymentView> = Api::namespaced(ctx.client.clone(), namespace);
     let stored = api
         .patch(
@@ -252,7 +252,7 @@ async fn write(
     if have != plan.init_order {
         let reordered = reorder(ctx, &stored, &have, &plan.init_order)
             .await
-            // A failed guard here is a stale resourceVersion, not a field conflict: retry soon.
+            // A failed guard here is a spec changed meanwhile, not a field conflict: retry soon.
             .map_err(|source| Error::WriteDeployment {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -268,7 +268,9 @@ async fn write(
 /// several field managers share `initContainers` (kubernetes/kubernetes#104641: entries only
 /// the stored object has keep their place, new ones follow). If the stored order is not the
 /// computed one, reorder the stored list with a JSON Patch of `move`s, guarded by a `test` of
-/// its resourceVersion so that nothing written in between is lost. A move changes no field
+/// its generation so that no spec change written in between is lost (not the resourceVersion:
+/// kube-controller-manager writes the Deployment's status right after the apply, which would
+/// fail the guard for nothing). A move changes no field
 /// value, so no field changes owner, and the patch needs no copy of the entries (no read of the
 /// whole Deployment). Returns the reordered Deployment.
 async fn reorder(
@@ -282,7 +284,7 @@ async fn reorder(
         ?want,
         "server-side apply stored the init containers out of order; reordering"
     );
-    let patch = reorder_patch(stored.metadata.resource_version.as_deref(), have, want);
+    let patch = reorder_patch(stored.metadata.generation.unwrap_or_default(), have, want);
     let api: Api<DeploymentView> = Api::namespaced(ctx.client.clone(), stored.namespace());
     let reordered = api
         .patch(
@@ -295,12 +297,11 @@ async fn reorder(
     Ok(reordered)
 }
 
-/// The JSON Patch that turns the init container order `have` into `want`, if `resource_version`
-/// is still current. Entries `want` does not name keep their relative order after the others.
-fn reorder_patch(resource_version: Option<&str>, have: &[String], want: &[String]) -> serde_json::Value {
+/// The JSON Patch that turns the init container order `have` into `want`, if the spec is still at
+/// `generation`. Entries `want` does not name keep their relative order after the others.
+fn reorder_patch(generation: i64, have: &[String], want: &[String]) -> serde_json::Value {
     const LIST: &str = "/spec/template/spec/initContainers";
-    let mut operations =
-        vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
+    let mut operations = vec![json!({"op": "test", "path": "/metadata/generation", "value": generation})];
     let mut current = have.to_vec();
     let mut next = 0;
     for name in want {
@@ -473,21 +474,21 @@ mod tests {
             (&["x", "y"], &["x", "y"]),
         ];
         for (have, want) in cases {
-            let patch = reorder_patch(Some("8"), &names(have), &names(want));
+            let patch = reorder_patch(8, &names(have), &names(want));
             assert_eq!(
                 patch[0],
-                json!({"op": "test", "path": "/metadata/resourceVersion", "value": "8"})
+                json!({"op": "test", "path": "/metadata/generation", "value": 8})
             );
             assert!(patch.as_array().unwrap()[1..].iter().all(|op| op["op"] == "move"));
             assert_eq!(moved(&patch, have), names(want), "{have:?} -> {want:?}");
         }
-        let unchanged = reorder_patch(Some("8"), &names(&["x", "y"]), &names(&["x", "y"]));
+        let unchanged = reorder_patch(8, &names(&["x", "y"]), &names(&["x", "y"]));
         assert_eq!(unchanged.as_array().unwrap().len(), 1, "no moves when in order");
     }
 
     #[test]
     fn entries_the_plan_does_not_name_keep_their_order_after_the_others() {
-        let patch = reorder_patch(Some("1"), &names(&["m", "a", "n", "b"]), &names(&["b", "a"]));
+        let patch = reorder_patch(1, &names(&["m", "a", "n", "b"]), &names(&["b", "a"]));
         assert_eq!(moved(&patch, &["m", "a", "n", "b"]), names(&["b", "a", "m", "n"]));
     }
 }

@@ -85,6 +85,7 @@ pub fn stored(deployment: &Deployment, policies: &[SidecarPolicy]) -> Deployment
         .unwrap()
         .deployment;
     d.metadata.resource_version = Some("8".into());
+    d.metadata.generation = Some(2);
     d
 }
 
