@@ -33,7 +33,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         // forever for sidecars.
         let why = Release::WithoutSidecars {
             reason: "HoldTimedOut",
-            why: format!("not rendered within --max-hold ({:?})", ctx.max_hold),
+            why: format!("not rendered within --max-hold-seconds={}", ctx.max_hold.as_secs()),
         };
         hold::release(&ctx, &view, generation, why).await?;
         return Ok(Action::await_change());
@@ -201,8 +201,9 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
 
 /// Retries with exponential backoff per Deployment; a field conflict waits longer, since it
 /// needs a person.
-/// A held Deployment is retried no later than its `--max-hold` runs out, when it is released
-/// whatever the error.
+///
+/// A held Deployment is retried no later than when its `--max-hold-seconds` run out: it is then
+/// released whatever the error.
 pub fn error_policy(view: Arc<DeploymentView>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(&*view);
     let failures = ctx.deployment_failed(key.clone());
