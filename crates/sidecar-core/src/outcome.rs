@@ -433,6 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn held_deployments_are_counted_per_policy_and_in_all() {
+        let mut index = OutcomeIndex::default();
+        let held = Outcome {
+            held: true,
+            ..applied(&["p1", "p2"], &[("p1", "r1")])
+        };
+        index.record("ns", "web", held.clone());
+        index.record("ns", "api", applied(&["p1"], &[("p1", "r1")]));
+        index.record("other", "web", held);
+        assert_eq!(index.held(), 2);
+        assert_eq!(index.summary("ns", "p1", "r1").held, 1);
+        assert_eq!(index.summary("ns", "p2", "r1").held, 1);
+        // Released: the next outcome says so.
+        index.record("ns", "web", applied(&["p1", "p2"], &[("p1", "r1")]));
+        assert_eq!(index.summary("ns", "p1", "r1").held, 0);
+        assert_eq!(index.held(), 1);
+        index.forget("other", "web");
+        assert_eq!(index.held(), 0);
+    }
+
+    #[test]
     fn recording_reports_the_policies_involved_before_and_after() {
         let mut index = OutcomeIndex::default();
         let first = index.record("ns", "web", applied(&["p1"], &[("p1", "r1")]));

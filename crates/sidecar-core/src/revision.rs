@@ -195,6 +195,11 @@ mod tests {
         let mut ordered = spec("busybox:1.36", json!({}));
         ordered["order"] = json!(5);
         assert_ne!(of(&policy(ordered)), base);
+        // How the operator keeps history and whether new Deployments wait are not content either.
+        let mut bookkeeping = spec("busybox:1.36", json!({}));
+        bookkeeping["revisionHistoryLimit"] = json!(3);
+        bookkeeping["holdNewDeployments"] = json!(false);
+        assert_eq!(of(&policy(bookkeeping)), base);
     }
 
     #[test]
