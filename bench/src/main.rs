@@ -12,11 +12,15 @@
 //! - a **cold start** over N injected Deployments, until every one is verified, and its writes;
 //! - the writes of an **idle** period, with refused Deployments present.
 //!
+//! With `--hold`, only the admission hold instead (`hold.rs`): the latency from a Deployment's
+//! create to its release, and its ReplicaSets.
+//!
 //! Times on a shared machine vary; the ratios printed (operator over bare client, same server,
 //! same run) are the figures to compare. See docs/performance.md for how to run it.
 
 mod apiserver;
 mod fleet;
+mod hold;
 mod operator;
 mod progress;
 
@@ -68,6 +72,20 @@ struct Args {
     /// Port of the operator's metrics endpoint.
     #[arg(long, default_value_t = 18080)]
     port: u16,
+    /// Measure only the admission hold: `--deployments` Deployments created at once in a
+    /// namespace with a policy, `--repeat` times; the latency from each create to its release,
+    /// and their ReplicaSets. Needs MutatingAdmissionPolicy v1 (Kubernetes 1.36).
+    #[arg(long)]
+    hold: bool,
+    /// With `--hold`: create the Deployments at this many a second instead of all at once.
+    #[arg(long, value_name = "PER_SECOND", requires = "hold")]
+    hold_rate: Option<f64>,
+    /// With `--hold`: write every Deployment's latency to this CSV file.
+    #[arg(long, value_name = "FILE", requires = "hold")]
+    hold_samples: Option<PathBuf>,
+    /// The admission hold's MutatingAdmissionPolicy and binding, applied with `--hold`.
+    #[arg(long, value_name = "FILE", default_value = hold::ADMISSION_POLICY)]
+    admission_policy: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +127,13 @@ async fn run(args: &Args) -> Result<(), Error> {
     let client = client(args).await?;
     let version = client.apiserver_version().await?;
     std::fs::create_dir_all(&args.work_dir).map_err(|e| Error::Io(args.work_dir.display().to_string(), e))?;
+    if args.hold {
+        println!(
+            "scale --hold: {} Deployments per round, {} rounds, concurrency {}, API server {}",
+            args.deployments, args.repeat, args.concurrency, version.git_version
+        );
+        return hold::run(&client, args).await;
+    }
     let n = args.deployments;
     let concurrency = usize::from(args.concurrency);
     // One Deployment in a hundred cannot take the policy (a container of the sidecar's name):
@@ -342,13 +367,7 @@ async fn set_up(
     refused: usize,
     concurrency: usize,
 ) -> Result<(), Error> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "sidecarpolicies.sidecar.dev",
-        &PatchParams::apply(fleet::OWNER).force(),
-        &Patch::Apply(SidecarPolicy::crd()),
-    )
-    .await?;
+    install_crd(client).await?;
     for namespace in one.iter().chain(spread).chain(bare) {
         fleet::apply(client, fleet::namespace(namespace)).await?;
         let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), namespace);
@@ -358,20 +377,6 @@ async fn set_up(
                 fleet::POLICY
             )));
         }
-    }
-    // Established before the first policy is created.
-    let start = Instant::now();
-    while !crds
-        .get("sidecarpolicies.sidecar.dev")
-        .await?
-        .status
-        .and_then(|s| s.conditions)
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
-    {
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(Error::Timeout("the CRD to be established".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut objects = Vec::with_capacity(3 * n);
     // Refused Deployments are the last of each layout.
@@ -388,6 +393,32 @@ async fn set_up(
         3 * n,
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Applies the CRD and waits until it is established (before the first policy is created, and
+/// before an admission policy that takes policies as params).
+async fn install_crd(client: &Client) -> Result<(), Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "sidecarpolicies.sidecar.dev",
+        &PatchParams::apply(fleet::OWNER).force(),
+        &Patch::Apply(SidecarPolicy::crd()),
+    )
+    .await?;
+    let start = Instant::now();
+    while !crds
+        .get("sidecarpolicies.sidecar.dev")
+        .await?
+        .status
+        .and_then(|s| s.conditions)
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(Error::Timeout("the CRD to be established".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
 
