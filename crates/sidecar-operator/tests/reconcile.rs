@@ -512,9 +512,11 @@ async fn a_held_deployment_is_rendered_then_released() {
     assert_eq!((outcome.state, outcome.held), (State::Applied, false));
     assert_eq!(h.ctx.outcomes().held(), 0);
 
-    // The cache then shows the apply's result, still held: the release is on its way.
+    // The cache then shows the apply's result, still held, at the resourceVersion of
+    // kube-controller-manager's status write that followed it: the release is on its way.
     let mut applied = held(stored(&deployment(), &policies));
     applied.metadata.generation = Some(2);
+    applied.metadata.resource_version = Some("9".into());
     h.deployment_event(Event::Apply(view(&applied)));
     h.reconcile("web", |handle| async move { handle }).await.unwrap();
 }

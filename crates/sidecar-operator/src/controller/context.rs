@@ -89,6 +89,8 @@ pub(crate) struct Written {
     pub resource_versions: Vec<String>,
     /// A digest of the plan that was written.
     pub plan: u64,
+    /// The generation the write left the Deployment at.
+    pub generation: Option<i64>,
     /// The write released the Deployment from the admission hold.
     pub released: bool,
 }
@@ -318,16 +320,17 @@ impl Context {
             .is_some_and(|w| w.plan == plan && w.resource_versions.iter().any(|rv| rv == resource_version))
     }
 
-    /// Whether this process released `deployment` after a write the cache, still showing
-    /// `resource_version`, has not caught up with.
+    /// Whether this process released `deployment` right after a write the cache shows at
+    /// `generation` (the release itself is not in the cache yet). By generation, not
+    /// resourceVersion: kube-controller-manager writes the status in between.
     pub(crate) fn released_already(
         &self,
         deployment: &ObjectRef<DeploymentView>,
-        resource_version: &str,
+        generation: Option<i64>,
     ) -> bool {
         lock(&self.written)
             .get(deployment)
-            .is_some_and(|w| w.released && w.resource_versions.iter().any(|rv| rv == resource_version))
+            .is_some_and(|w| w.released && generation.is_some() && w.generation == generation)
     }
 
     pub(crate) fn wrote(&self, deployment: ObjectRef<DeploymentView>, written: Written) {

@@ -33,7 +33,10 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         // forever for sidecars.
         let why = Release::WithoutSidecars {
             reason: "HoldTimedOut",
-            why: format!("not rendered within --max-hold-seconds={}", ctx.max_hold.as_secs()),
+            why: format!(
+                "not rendered within --max-hold-seconds={}",
+                ctx.max_hold.as_secs()
+            ),
         };
         hold::release(&ctx, &view, generation, why).await?;
         return Ok(Action::await_change());
@@ -137,7 +140,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         held,
     };
     if plan.is_applied(&facts) {
-        if held && ctx.released_already(&key, resource_version) {
+        if held && ctx.released_already(&key, view.metadata.generation) {
             // The cache shows the write before the release; the release's update follows.
             debug!("released already, waiting for the cache");
             return Ok(Action::await_change());
@@ -179,6 +182,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 Written {
                     resource_versions,
                     plan: digest,
+                    generation: written_generation,
                     released: held && released.is_ok(),
                 },
             );
