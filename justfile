@@ -64,9 +64,9 @@ golden:
 bench:
     cargo bench --package sidecar-core --bench render
 
+# The scale harness against a fresh cluster (docs/performance.md): N Deployments per layout.
 # `--hold`: only the admission hold instead (Kubernetes 1.36+): N Deployments created at once per
 # round (`--hold-rate R`: R a second), their create-to-release latency and ReplicaSets.
-# The scale harness against a fresh cluster (docs/performance.md): N Deployments per layout.
 scale kubeconfig deployments="1000" *args:
     cargo build --release --locked --package sidecar-operator --package sidecar-bench
     target/release/scale --kubeconfig {{kubeconfig}} --deployments {{deployments}} {{args}}
