@@ -429,6 +429,11 @@ impl Context {
             .elapsed()
     }
 
+    /// `deployment` is not held (any more): someone else may have released it.
+    pub(crate) fn not_held(&self, deployment: &ObjectRef<DeploymentView>) {
+        lock(&self.held_since).remove(deployment);
+    }
+
     /// A held Deployment was released (or deleted): how long this process saw it held.
     pub(crate) fn hold_ended(&self, deployment: &ObjectRef<DeploymentView>) -> Option<Duration> {
         lock(&self.held_since)

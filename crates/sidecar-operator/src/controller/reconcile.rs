@@ -28,6 +28,9 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
     let held = view.held_for().is_some();
     let resource_version = view.metadata.resource_version.as_deref().unwrap_or_default();
     let generation = view.metadata.generation.unwrap_or_default();
+    if !held {
+        ctx.not_held(&key);
+    }
     if held && ctx.held_for(&key) >= ctx.max_hold {
         // Something keeps failing (its reconciles said what): the owner's pods must not wait
         // forever for sidecars.
