@@ -6,18 +6,17 @@
 //! of the generation the operator last wrote or read: a spec change made in between (the owner
 //! replaced the template) fails the guard, and the next reconcile renders that change first. Not
 //! the resourceVersion: kube-controller-manager writes the status of the paused Deployment right
-//! after the operator's apply, which changes no generation. A
-//! removal leaves no field owned: a server-side apply would keep the operator owner of
-//! `spec.paused`, and a person's later `kubectl rollout pause` or a GitOps tool's apply of
-//! `paused` would then conflict with it. A Deployment its owner created paused is never held
-//! (the admission policy skips it), so removing the field is what the owner asked.
+//! after the operator's apply, which changes no generation. A removal leaves no field owned: a
+//! server-side apply would keep the operator owner of `spec.paused`, and a person's later
+//! `kubectl rollout pause` or a GitOps tool's apply of `paused` would then conflict with it. A
+//! Deployment its owner created paused is never held (the admission policy skips it), so removing
+//! the field is what the owner asked.
 
 use k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicyBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::Client;
-use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource};
 use serde_json::{Value, json};
 use sidecar_api::HELD_FOR_ANNOTATION;
 use tracing::{info, warn};
