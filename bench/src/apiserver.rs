@@ -53,26 +53,39 @@ pub async fn snapshot(client: &Client) -> Result<Snapshot, kube::Error> {
     Ok(parse(&client.request_text(request).await?))
 }
 
+/// One sample of a Prometheus text exposition: its labels and its value.
+pub struct Sample<'a> {
+    labels: &'a str,
+    pub value: f64,
+}
+
+impl Sample<'_> {
+    /// The value of label `name` (empty when absent).
+    pub fn label(&self, name: &str) -> &str {
+        self.labels
+            .split(',')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix("=\""))
+            .map(|v| v.trim_end_matches('"'))
+            .unwrap_or_default()
+    }
+}
+
+/// The sample on `line` if it is one of `metric` (with labels).
+pub fn sample<'a>(line: &'a str, metric: &str) -> Option<Sample<'a>> {
+    let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
+    let (labels, value) = rest.rsplit_once("} ")?;
+    let value = value.trim().parse::<f64>().ok()?;
+    Some(Sample { labels, value })
+}
+
 /// Reads the `apiserver_request_total` samples of a Prometheus text exposition.
 pub fn parse(text: &str) -> Snapshot {
     let mut counts = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+        let Some(sample) = sample(line, "apiserver_request_total") else {
             continue;
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
+        let (value, label) = (sample.value, |name: &str| sample.label(name).to_owned());
         let key = (
             label("group"),
             label("resource"),

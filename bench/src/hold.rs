@@ -634,27 +634,15 @@ async fn durations(client: &Client) -> Result<HashMap<String, (f64, f64)>, Error
 pub fn request_durations(text: &str) -> HashMap<String, (f64, f64)> {
     let mut by_verb: HashMap<String, (f64, f64)> = HashMap::new();
     for line in text.lines() {
-        let (rest, is_sum) = if let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_sum{")
-        {
-            (rest, true)
-        } else if let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_count{") {
-            (rest, false)
-        } else {
-            continue;
+        let (sample, is_sum) = match (
+            apiserver::sample(line, "apiserver_request_duration_seconds_sum"),
+            apiserver::sample(line, "apiserver_request_duration_seconds_count"),
+        ) {
+            (Some(sum), _) => (sum, true),
+            (None, Some(count)) => (count, false),
+            (None, None) => continue,
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"'))
-                .unwrap_or_default()
-        };
+        let (value, label) = (sample.value, |name: &str| sample.label(name));
         if label("group") != "apps" || label("resource") != "deployments" || !label("subresource").is_empty()
         {
             continue;
