@@ -270,10 +270,7 @@ async fn a_wrong_stored_order_is_fixed_with_a_guarded_reorder() {
             .reverse();
         respond(send, &misordered);
         // The stored list is reordered in place: moves, guarded by the stored generation.
-        let (request, body, send) = next(&mut handle).await;
-        assert_eq!(request.method(), Method::PATCH);
-        assert_eq!(request.uri().path(), DEPLOYMENT_PATH);
-        assert_eq!(request.headers()["content-type"], "application/json-patch+json");
+        let (body, send) = expect_json_patch(&mut handle).await;
         assert_eq!(
             body,
             json!([
@@ -468,12 +465,18 @@ fn held(mut d: k8s_openapi::api::apps::v1::Deployment) -> k8s_openapi::api::apps
     d
 }
 
-/// The release: a JSON Patch guarded by the generation the operator wrote or read.
-async fn expect_release(handle: &mut ApiHandle, generation: i64) -> SendResponse<Response<Body>> {
+/// The next request is a JSON Patch of the Deployment: its body.
+async fn expect_json_patch(handle: &mut ApiHandle) -> (serde_json::Value, SendResponse<Response<Body>>) {
     let (request, body, send) = next(handle).await;
     assert_eq!(request.method(), Method::PATCH);
     assert_eq!(request.uri().path(), DEPLOYMENT_PATH);
     assert_eq!(request.headers()["content-type"], "application/json-patch+json");
+    (body, send)
+}
+
+/// The release: a JSON Patch guarded by the generation the operator wrote or read.
+async fn expect_release(handle: &mut ApiHandle, generation: i64) -> SendResponse<Response<Body>> {
+    let (body, send) = expect_json_patch(handle).await;
     assert_eq!(
         body,
         json!([
