@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::discovery::ApiResource;
@@ -29,7 +28,7 @@ mod support {
 }
 use support::cluster::{Cluster, TestNamespace, cluster, dump, install_crd, wait_for};
 use support::kustomize::{deploy_dir, documents};
-use support::operator::{init_names, start_operator};
+use support::operator::{init_names, operator_events, start_operator};
 
 /// The policy every test uses: `mesh` adds sidecar `proxy` to Deployments labelled app=web.
 fn mesh_policy(namespace: &str) -> Value {
@@ -143,6 +142,11 @@ impl Held {
         }
     }
 
+    /// Runs the operator for the test's namespace until the returned guard is dropped.
+    async fn start_operator(&self) -> Stop {
+        Stop(start_operator(&self.client, &self.ns.name, Guardrails::default()).await)
+    }
+
     async fn create(&self, object: Value) -> Deployment {
         let object: Deployment = serde_json::from_value(object).unwrap();
         self.deployments
@@ -183,14 +187,9 @@ impl Held {
 
     /// The reasons of the operator's Events on Deployment `name`.
     async fn event_reasons(&self, name: &str) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
-        events
-            .list(&ListParams::default())
+        operator_events(&self.client, &self.ns.name)
             .await
-            .unwrap()
-            .items
             .into_iter()
-            .filter(|e| e.reporting_controller.as_deref() == Some(FIELD_MANAGER))
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .filter_map(|e| e.reason)
             .collect()
@@ -217,7 +216,7 @@ async fn a_new_deployment_starts_with_its_sidecars_in_its_first_replica_set() {
     }
     let held = Held::set_up(&cluster, "hold-new").await;
     let ns = held.ns.name.clone();
-    let _operator = Stop(start_operator(&held.client, &ns, Guardrails::default()).await);
+    let _operator = held.start_operator().await;
 
     held.create(deployment(&ns, "web", "web", "app")).await;
     held.create(deployment(&ns, "other", "other", "app")).await;
@@ -288,7 +287,7 @@ async fn a_deployment_created_while_the_operator_is_down_waits_for_it() {
     // sidecar while nobody can inject it.
     assert!(held.replica_sets("web").await.is_empty(), "{}", held.dump().await);
 
-    let _operator = Stop(start_operator(&held.client, &ns, Guardrails::default()).await);
+    let _operator = held.start_operator().await;
     let web = held.released("web").await;
     assert_eq!(init_names(&web), ["proxy"]);
     let replica_sets = held.replica_sets("web").await;
@@ -301,7 +300,7 @@ async fn a_refused_render_releases_the_deployment_as_its_owner_wrote_it() {
     let Some(cluster) = cluster().await else { return };
     let held = Held::set_up(&cluster, "hold-refused").await;
     let ns = held.ns.name.clone();
-    let _operator = Stop(start_operator(&held.client, &ns, Guardrails::default()).await);
+    let _operator = held.start_operator().await;
 
     // Its own container is called `proxy`: the policy's sidecar cannot be added.
     held.create(deployment(&ns, "web", "web", "proxy")).await;
@@ -325,7 +324,7 @@ async fn a_replace_without_the_sidecars_rolls_once() {
     }
     let held = Held::set_up(&cluster, "hold-replace").await;
     let ns = held.ns.name.clone();
-    let _operator = Stop(start_operator(&held.client, &ns, Guardrails::default()).await);
+    let _operator = held.start_operator().await;
     held.create(deployment(&ns, "web", "web", "app")).await;
     let first = held.released("web").await;
     assert_eq!(held.replica_sets("web").await.len(), 1);
@@ -381,7 +380,7 @@ async fn gitops_tools_create_held_deployments_and_see_no_drift() {
     }
     let held = Held::set_up(&cluster, "hold-gitops").await;
     let ns = held.ns.name.clone();
-    let _operator = Stop(start_operator(&held.client, &ns, Guardrails::default()).await);
+    let _operator = held.start_operator().await;
 
     // Argo CD (ServerSideApply=true) and Flux apply with server-side apply, forced, under their
     // own field managers.

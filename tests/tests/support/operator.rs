@@ -94,18 +94,26 @@ pub fn managers(d: &Deployment) -> Vec<String> {
         .collect()
 }
 
-/// Every Event write of the operator in `namespace` so far: one per Event created, plus one per
-/// repeat patched into an Event's series. Other components' Events (kube-controller-manager's)
-/// are not counted.
-pub async fn event_writes(client: &Client, namespace: &str) -> usize {
+/// The operator's Events in `namespace`; other components' (kube-controller-manager's) are left
+/// out.
+pub async fn operator_events(client: &Client, namespace: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
     events
         .list(&Default::default())
         .await
         .unwrap()
         .items
-        .iter()
+        .into_iter()
         .filter(|e| e.reporting_controller.as_deref() == Some(sidecar_operator::controller::FIELD_MANAGER))
+        .collect()
+}
+
+/// Every Event write of the operator in `namespace` so far: one per Event created, plus one per
+/// repeat patched into an Event's series.
+pub async fn event_writes(client: &Client, namespace: &str) -> usize {
+    operator_events(client, namespace)
+        .await
+        .iter()
         .map(|e| {
             e.series
                 .as_ref()

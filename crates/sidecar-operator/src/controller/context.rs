@@ -422,7 +422,7 @@ impl Context {
 
     /// How long `deployment`, held at admission, has been seen held by this process (zero the
     /// first time).
-    pub(crate) fn held_for(&self, deployment: &ObjectRef<DeploymentView>) -> Duration {
+    pub(crate) fn hold_age(&self, deployment: &ObjectRef<DeploymentView>) -> Duration {
         lock(&self.held_since)
             .entry(deployment.clone())
             .or_insert_with(Instant::now)

@@ -39,9 +39,7 @@ use crate::metrics::Metrics;
 pub use context::{CACHE_RETRY, Caches, Context, DEFAULT_MAX_HOLD, Transition, TriggerStreams, Triggers};
 pub use dispatch::Dispatch;
 pub use error::Error;
-pub use hold::{
-    BINDING as ADMISSION_HOLD_BINDING, check_active as admission_hold_active, release_patch, unwatched_hold,
-};
+pub use hold::{BINDING as ADMISSION_HOLD_BINDING, check_active as admission_hold_active, unwatched_hold};
 pub use policy_sets::{NamespacePolicies, PolicySets};
 pub use reconcile::{error_policy, reconcile};
 pub use revisions::revision_name;

@@ -31,7 +31,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
     if !held {
         ctx.not_held(&key);
     }
-    if held && ctx.held_for(&key) >= ctx.max_hold {
+    if held && ctx.hold_age(&key) >= ctx.max_hold {
         // Something keeps failing (its reconciles said what): the owner's pods must not wait
         // forever for sidecars.
         let why = Release::WithoutSidecars {
@@ -220,7 +220,7 @@ pub fn error_policy(view: Arc<DeploymentView>, error: &Error, ctx: Arc<Context>)
         _ => backoff(failures),
     };
     if view.held_for().is_some() {
-        let left = ctx.max_hold.saturating_sub(ctx.held_for(&key));
+        let left = ctx.max_hold.saturating_sub(ctx.hold_age(&key));
         return Action::requeue(wait.min(left.max(CACHE_RETRY)));
     }
     Action::requeue(wait)
