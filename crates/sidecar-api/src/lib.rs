@@ -29,6 +29,9 @@ pub const REVISION_LABEL: &str = "sidecar.dev/revision";
 /// Default of `spec.revisionHistoryLimit`.
 pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
 
+/// Default of `spec.rollout.maxConcurrent`.
+pub const DEFAULT_MAX_CONCURRENT: i32 = 5;
+
 /// Condition types and reasons written to `SidecarPolicy.status.conditions`.
 pub mod conditions {
     /// The policy is valid and every matched Deployment carries what it asks for.
@@ -48,4 +51,7 @@ pub mod conditions {
     /// then. With `Reconciling`, it lets kstatus users (Flux's health checks, kpt, Config Sync)
     /// read a policy's health without configuration.
     pub const STALLED: &str = "Stalled";
+    /// `spec.rollout.paused` holds Deployments back on the revision they carry. Present, `True`,
+    /// only then.
+    pub const PAUSED: &str = "Paused";
 }

@@ -53,6 +53,16 @@ pub(crate) fn label_selector(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
+pub(crate) fn max_concurrent(_: &mut SchemaGenerator) -> Schema {
+    let mut value = json!({ "x-kubernetes-int-or-string": true });
+    add_rule(
+        &mut value,
+        "type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')",
+        "maxConcurrent: an integer of at least 1, or a percentage from 1% to 100%",
+    );
+    Schema::try_from(value).unwrap_or_default()
+}
+
 pub(crate) fn sidecars(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = named_list::<Container>(generator, MAX_SIDECARS);
     if let Some(item) = pointer(&mut schema, "/items") {

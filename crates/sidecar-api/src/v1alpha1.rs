@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -28,7 +29,9 @@ use crate::schema;
     derive = "PartialEq",
     printcolumn = r#"{"name":"Order","type":"integer","jsonPath":".spec.order","priority":1}"#,
     printcolumn = r#"{"name":"Matched","type":"integer","description":"Deployments the selector matches","jsonPath":".status.matchedDeployments"}"#,
-    printcolumn = r#"{"name":"Up-To-Date","type":"integer","description":"Matched Deployments that carry the current policy","jsonPath":".status.upToDateDeployments"}"#,
+    printcolumn = r#"{"name":"Updated","type":"string","description":"Matched Deployments that carry the current revision, of all matched","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Rolling","type":"integer","priority":1,"description":"Matched Deployments rolling to the current revision","jsonPath":".status.rollingDeployments"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"integer","priority":1,"description":"Matched Deployments waiting for their turn in the rollout","jsonPath":".status.waitingDeployments"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","priority":1,"description":"The current revision (a ControllerRevision named <policy>-<revision>)","jsonPath":".status.currentRevision"}"#,
@@ -109,6 +112,72 @@ pub struct SidecarPolicySpec {
     /// roll again once the operator has injected them. Not part of a revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_new_deployments: Option<bool>,
+
+    /// How a new revision reaches the Deployments that already run: a few at a time, each
+    /// Deployment's own rollout being the health signal. Absent: the defaults (5 at a time, no
+    /// canary, not paused). Not part of a revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// How a new revision of a policy is rolled out to the Deployments it selects.
+///
+/// A Deployment that has nothing running (no available replica, or paused by its owner) gets the
+/// current revision at once: moving it disturbs nothing. Every other one keeps the revision it
+/// carries until its turn; it is rendered against that revision (from the policy's
+/// ControllerRevisions) whatever else changes. Removal (the policy deleted, or no longer
+/// selecting the Deployment) is not staged.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// How many matched Deployments may be rolling to the current revision at once: an integer
+    /// (at least 1) or a percentage of the matched Deployments (`"10%"`, rounded up). A
+    /// Deployment counts from the operator's write until its own rollout is complete (its
+    /// controller observed the change, and every replica is updated and available). Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::max_concurrent")]
+    pub max_concurrent: Option<IntOrString>,
+
+    /// Stops moving Deployments to the current revision; those rolling finish. Deployments with
+    /// nothing running still get the current revision. Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+
+    /// Deployments that go first: the others wait until every canary carries the current
+    /// revision and has completed its rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+
+    /// How long a Deployment may take to complete its rollout to a new revision before the
+    /// rollout counts as failed. Absent: only the Deployment's own
+    /// `spec.progressDeadlineSeconds` (its `Progressing` condition turning False with
+    /// `ProgressDeadlineExceeded`) says so. A failure stops the policy's rollout: no further
+    /// Deployment moves until the policy changes (a new revision, for example a fixed image or a
+    /// rollback) or the failure is acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: Option<i32>,
+
+    /// A revision (`status.currentRevision`) whose failed Deployments no longer stop the
+    /// rollout: set it to the current revision to continue a stopped rollout without changing
+    /// what the policy injects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{10}$"))]
+    pub acknowledged_revision: Option<String>,
+}
+
+/// The Deployments a rollout moves first.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    /// The canaries among the matched Deployments, by their labels. If none matches, the rollout
+    /// proceeds without canaries.
+    #[schemars(schema_with = "schema::label_selector")]
+    pub selector: LabelSelector,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// Where injected containers go relative to the Deployment's own init containers.
@@ -193,7 +262,26 @@ pub struct SidecarPolicyStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_deployments: i32,
 
-    /// `Ready`, and `Conflict`, `Invalid`, `Degraded`, `Reconciling` or `Stalled` when they apply.
+    /// `<carrying the current revision>/<matched>`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// How many matched Deployments are rolling to the current revision (written, their own
+    /// rollout not complete yet). Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rolling_deployments: i32,
+
+    /// How many matched Deployments wait for their turn to move to the current revision (they
+    /// keep the revision they carry). Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waiting_deployments: i32,
+
+    /// How many matched Deployments failed their rollout to the current revision. Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_deployments: i32,
+
+    /// `Ready`, and `Conflict`, `Invalid`, `Degraded`, `Paused`, `Reconciling` or `Stalled` when
+    /// they apply.
     /// Reasons and messages name the Deployment and field concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]

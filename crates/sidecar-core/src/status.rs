@@ -77,6 +77,7 @@ pub fn unsupported_server_status(
         up_to_date_deployments: previous.map_or(0, |p| p.up_to_date_deployments),
         held_deployments: previous.map_or(0, |p| p.held_deployments),
         conditions: list,
+        ..previous.cloned().unwrap_or_default()
     }
 }
 
@@ -228,6 +229,7 @@ pub fn from_summary(
         up_to_date_deployments: up_to_date,
         held_deployments: summary.held,
         conditions: list,
+        ..SidecarPolicyStatus::default()
     }
 }
 
