@@ -18,6 +18,7 @@ pub mod quantity;
 mod record;
 mod render;
 pub mod revision;
+pub mod rollout;
 pub mod selector;
 mod site;
 pub mod status;
