@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::outcome::{Outcome, OutcomeIndex, State};
+use sidecar_core::rollout::Progress;
 use sidecar_core::{DeploymentFacts, Guardrails, PolicySet, status};
 
 const DEPLOYMENTS: usize = 10_000;
@@ -201,6 +202,7 @@ fn batch(c: &mut Criterion) {
             carried,
             state: State::Applied,
             held: false,
+            progress: Progress::Complete,
         };
         index.record("bench", d.metadata.name.as_deref().unwrap(), outcome);
     }

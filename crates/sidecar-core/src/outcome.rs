@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::problem::{Problem, ProblemKind};
+use crate::rollout::{Counts, Phase, Progress};
 
 /// How the last reconcile of a Deployment ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub struct Outcome {
     /// Still held at admission (created paused until its sidecars are rendered) after this
     /// reconcile: the release is retried, and the Deployment's pods wait.
     pub held: bool,
+    /// Where its own rollout stands (a staged policy rollout waits for it).
+    pub progress: Progress,
 }
 
 impl Outcome {
@@ -120,6 +123,8 @@ pub struct Summary {
     pub write_failures: Named,
     /// Deployments it selects that are still held at admission (their release is retried).
     pub held: i32,
+    /// Where the policy's staged rollout stands, when the caller planned it.
+    pub rollout: Option<(Counts, Phase)>,
 }
 
 impl Summary {
@@ -420,6 +425,7 @@ mod tests {
                 .collect(),
             state: State::Applied,
             held: false,
+            progress: Progress::Complete,
         }
     }
 
@@ -470,6 +476,7 @@ mod tests {
             carried: vec![("p1".into(), "r1".into())],
             state: State::Refused(vec![conflict("p2")]),
             held: false,
+            progress: Progress::Complete,
         };
         let touched = index.record("ns", "web", refused);
         assert_eq!(touched, BTreeSet::from(["p1".to_owned(), "p2".to_owned()]));
@@ -516,6 +523,7 @@ mod tests {
                 carried: vec![],
                 state: State::Refused(vec![conflict("p")]),
                 held: false,
+                progress: Progress::Complete,
             };
             index.record("ns", &format!("d{i}"), refused);
         }

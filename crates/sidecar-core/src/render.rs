@@ -75,7 +75,7 @@ pub struct PolicySet {
     policies: Vec<Prepared>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Prepared {
     policy: SidecarPolicy,
     revision: String,
@@ -115,24 +115,50 @@ impl Plan {
     }
 }
 
+impl Prepared {
+    fn new(policy: &SidecarPolicy, guardrails: &Guardrails) -> Self {
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
+        let mut problems = validate::problems(policy, name);
+        problems.extend(guardrails.check(policy, name));
+        Prepared {
+            revision: revision::of(policy),
+            warnings: validate::warnings(policy, name),
+            problems,
+            policy: policy.clone(),
+        }
+    }
+}
+
 impl PolicySet {
     pub fn new(policies: &[SidecarPolicy], guardrails: &Guardrails) -> Self {
         let mut sorted: Vec<&SidecarPolicy> = policies.iter().collect();
         sort(&mut sorted);
         let policies = sorted
             .into_iter()
-            .map(|policy| {
-                let name = policy.metadata.name.as_deref().unwrap_or_default();
-                let mut problems = validate::problems(policy, name);
-                problems.extend(guardrails.check(policy, name));
-                Prepared {
-                    revision: revision::of(policy),
-                    warnings: validate::warnings(policy, name),
-                    problems,
-                    policy: policy.clone(),
-                }
-            })
+            .map(|policy| Prepared::new(policy, guardrails))
             .collect();
+        PolicySet { policies }
+    }
+
+    /// This set as one Deployment of a staged rollout sees it: each policy named in `pins` as it
+    /// was at the revision the Deployment carries (`Some`, see [`revision::at`]), or left out
+    /// when the Deployment does not carry it yet (`None`: it waits for its turn, so nothing of
+    /// the policy is injected). The others are shared as prepared.
+    pub fn pinned(&self, pins: &[(String, Option<SidecarPolicy>)], guardrails: &Guardrails) -> PolicySet {
+        let mut policies: Vec<Prepared> = Vec::with_capacity(self.policies.len());
+        for prepared in &self.policies {
+            let name = prepared.policy.metadata.name.as_deref().unwrap_or_default();
+            match pins.iter().find(|(pinned, _)| pinned == name) {
+                None => policies.push(prepared.clone()),
+                Some((_, Some(earlier))) => policies.push(Prepared::new(earlier, guardrails)),
+                Some((_, None)) => {}
+            }
+        }
+        // An earlier revision may have had another `order`.
+        policies.sort_by(|a, b| {
+            (a.policy.spec.order, &a.policy.metadata.name)
+                .cmp(&(b.policy.spec.order, &b.policy.metadata.name))
+        });
         PolicySet { policies }
     }
 

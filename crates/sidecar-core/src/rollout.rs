@@ -94,7 +94,9 @@ impl Settings {
     /// current revision `target`.
     pub fn of(rollout: Option<&Rollout>, matched: usize, target: &str) -> Settings {
         let default = IntOrString::Int(DEFAULT_MAX_CONCURRENT);
-        let max = rollout.and_then(|r| r.max_concurrent.as_ref()).unwrap_or(&default);
+        let max = rollout
+            .and_then(|r| r.max_concurrent.as_ref())
+            .unwrap_or(&default);
         Settings {
             max_concurrent: resolve(max, matched),
             paused: rollout.is_some_and(|r| r.paused),
@@ -180,7 +182,12 @@ impl Decision {
 /// Decides who moves to revision `target` now. `granted` is the previous decision's (for the same
 /// target): a Deployment granted before and not complete yet keeps its place in the budget, even
 /// if its status does not show the rollout yet.
-pub fn plan(target: &str, settings: &Settings, members: &[Member<'_>], granted: &BTreeSet<String>) -> Decision {
+pub fn plan(
+    target: &str,
+    settings: &Settings,
+    members: &[Member<'_>],
+    granted: &BTreeSet<String>,
+) -> Decision {
     let at_target = |m: &Member<'_>| m.carries == Some(target);
     let mut counts = Counts::default();
     let mut next: BTreeSet<String> = BTreeSet::new();
@@ -271,7 +278,9 @@ pub fn plan(target: &str, settings: &Settings, members: &[Member<'_>], granted: 
     counts.rolling = rolling + pending;
     counts.waiting = members.len() - counts.updated - pending;
     let phase = match phase {
-        Phase::Progressing if counts.updated == members.len() && counts.rolling == 0 && counts.failed == 0 => {
+        Phase::Progressing
+            if counts.updated == members.len() && counts.rolling == 0 && counts.failed == 0 =>
+        {
             Phase::Complete
         }
         other => other,

@@ -13,6 +13,7 @@ use crate::outcome::{Named, Outcome, State, Summary};
 use crate::problem::ProblemKind;
 use crate::record::InjectionRecord;
 use crate::render::PolicySet;
+use crate::rollout::{Counts, Phase, Progress};
 
 /// Reasons of the `Ready` condition beyond the problem kinds' reasons.
 pub mod reasons {
@@ -25,6 +26,10 @@ pub mod reasons {
     /// A write failed and is being retried.
     pub const WRITE_FAILED: &str = "WriteFailed";
     pub const UNSUPPORTED_SERVER: &str = "UnsupportedServer";
+    /// `spec.rollout.paused`: Deployments keep the revision they carry.
+    pub const ROLLOUT_PAUSED: &str = "RolloutPaused";
+    /// A Deployment failed its rollout to the current revision; nothing more moves.
+    pub const ROLLOUT_STOPPED: &str = "RolloutStopped";
 }
 
 /// The first Kubernetes minor version with native sidecar containers (beta, on by default).
@@ -126,6 +131,7 @@ pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deploym
             carried,
             state,
             held: crate::hold::held_for(&deployment.metadata).is_some(),
+            progress: Progress::Complete,
         };
         let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
         summary.add(name, revision, deployment_name, &outcome);
@@ -168,6 +174,15 @@ pub fn from_summary(
         None
     };
 
+    let revision = set.revision(name).unwrap_or_default();
+    let (counts, phase) = match &summary.rollout {
+        Some((counts, phase)) => (*counts, Some(phase)),
+        None => (Counts::default(), None),
+    };
+    let waiting = match counts.waiting {
+        0 => String::new(),
+        n => format!(", {n} waiting for their turn"),
+    };
     let ready = if let Some((reason, message)) = invalid.as_ref().or(conflict.as_ref()) {
         (false, *reason, message.clone())
     } else if matched == 0 {
@@ -176,7 +191,18 @@ pub fn from_summary(
             reasons::NO_MATCH,
             "the selector matches no Deployment in this namespace".to_owned(),
         )
-    } else if up_to_date == matched {
+    } else if let Some(Phase::Stopped { deployment, message }) = phase {
+        (
+            false,
+            reasons::ROLLOUT_STOPPED,
+            format!(
+                "the rollout of revision {revision} stopped: Deployment {deployment:?} failed: {message}; \
+                 {up_to_date} of {matched} matched Deployments carry it{waiting}. To go on, change the \
+                 policy (a new revision, or a rollback to an earlier one) or set \
+                 spec.rollout.acknowledgedRevision: {revision:?}"
+            ),
+        )
+    } else if up_to_date == matched && counts.rolling == 0 {
         (
             true,
             reasons::UP_TO_DATE,
@@ -184,11 +210,24 @@ pub fn from_summary(
         )
     } else if let Some((reason, message)) = &degraded {
         (false, *reason, message.clone())
+    } else if let Some(Phase::Paused) = phase {
+        (
+            false,
+            reasons::ROLLOUT_PAUSED,
+            format!(
+                "the rollout of revision {revision} is paused (spec.rollout.paused): {up_to_date} of \
+                 {matched} matched Deployments carry it{waiting}"
+            ),
+        )
     } else {
+        let rolling = match counts.rolling {
+            0 => String::new(),
+            n => format!(", {n} rolling"),
+        };
         (
             false,
             reasons::PROGRESSING,
-            format!("{up_to_date} of {matched} matched Deployments carry this policy"),
+            format!("{up_to_date} of {matched} matched Deployments carry this policy{rolling}{waiting}"),
         )
     };
     // kstatus' pair, read from Ready: not ready only for lack of time (or a write being retried)
@@ -199,8 +238,16 @@ pub fn from_summary(
         (false, reasons::PROGRESSING | reasons::WRITE_FAILED) => {
             (Some((ready_reason, ready_message.clone())), None)
         }
+        // Paused by intent: neither in progress nor stuck (Argo CD reads it as Suspended).
+        (false, reasons::ROLLOUT_PAUSED) => (None, None),
         (false, _) => (None, Some((ready_reason, ready_message.clone()))),
     };
+    let paused = policy.spec.rollout.as_ref().filter(|r| r.paused).map(|_| {
+        (
+            reasons::ROLLOUT_PAUSED,
+            "spec.rollout.paused: no Deployment moves to a new revision".to_owned(),
+        )
+    });
     let mut list = vec![condition(
         conditions::READY,
         ready_status,
@@ -214,6 +261,7 @@ pub fn from_summary(
         (conditions::INVALID, invalid),
         (conditions::CONFLICT, conflict),
         (conditions::DEGRADED, degraded),
+        (conditions::PAUSED, paused),
         (conditions::RECONCILING, reconciling),
         (conditions::STALLED, stalled),
     ] {
@@ -228,9 +276,16 @@ pub fn from_summary(
         matched_deployments: matched,
         up_to_date_deployments: up_to_date,
         held_deployments: summary.held,
+        progress: Some(format!("{up_to_date}/{matched}")),
+        rolling_deployments: saturating_i32(counts.rolling),
+        waiting_deployments: saturating_i32(counts.waiting),
+        failed_deployments: saturating_i32(counts.failed),
         conditions: list,
-        ..SidecarPolicyStatus::default()
     }
+}
+
+fn saturating_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn condition(

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION};
-use sidecar_core::{Guardrails, InjectionRecord, ProblemKind, matching_policies};
+use sidecar_core::{Guardrails, InjectionRecord, PolicySet, ProblemKind, matching_policies};
 
 #[test]
 fn sidecar_is_injected_as_native_sidecar_with_a_record() {
@@ -645,4 +645,42 @@ spec:
             .warnings
             .is_empty()
     );
+}
+
+/// A Deployment held back in a staged rollout is planned against the revision it carries: a
+/// pinned set plans exactly what that revision planned, so a Deployment that carries it needs
+/// no write; a policy it does not carry yet is left out.
+#[test]
+fn a_pinned_set_plans_the_revision_a_deployment_carries() {
+    let old = sidecar_policy("mesh", "proxy");
+    let mut new = old.clone();
+    new.spec.sidecars[0].image = Some("proxy:2".into());
+    let other = sidecar_policy("logs", "shipper");
+    let guardrails = Guardrails::default();
+    let carried = rendered(&web(), &[old.clone(), other.clone()]);
+    let facts = sidecar_core::DeploymentFacts::of(&carried);
+
+    let current = PolicySet::new(&[new.clone(), other.clone()], &guardrails);
+    let plan = current.plan(&carried.metadata, &facts).unwrap();
+    assert!(!plan.is_applied(&facts), "the current revision is a change");
+
+    // Content stored in the revision, read back as the controller does.
+    let stored = sidecar_core::revision::content(&old.spec);
+    let earlier = sidecar_core::revision::at(&new, &stored).unwrap();
+    assert_eq!(
+        sidecar_core::revision::of(&earlier),
+        sidecar_core::revision::of(&old)
+    );
+    let pinned = current.pinned(&[("mesh".to_owned(), Some(earlier))], &guardrails);
+    let plan = pinned.plan(&carried.metadata, &facts).unwrap();
+    assert!(
+        plan.is_applied(&facts),
+        "pinned to what it carries: nothing to write"
+    );
+
+    let waiting = current.pinned(&[("mesh".to_owned(), None)], &guardrails);
+    let plan = waiting
+        .plan(&web().metadata, &sidecar_core::DeploymentFacts::of(&web()))
+        .unwrap();
+    assert_eq!(plan.record.policy_names().collect::<Vec<_>>(), ["logs"]);
 }

@@ -12,6 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::outcome::{Outcome, OutcomeIndex, State};
+use sidecar_core::rollout::Progress;
 use sidecar_core::status::{from_summary, summary_by_rendering};
 use sidecar_core::{
     DeploymentFacts, Guardrails, PolicySet, apply_patch, init_container_order, is_up_to_date,
@@ -38,6 +39,7 @@ fn observed(set: &PolicySet, d: &Deployment) -> Outcome {
         carried,
         state,
         held: false,
+        progress: Progress::Complete,
     }
 }
 

@@ -50,13 +50,11 @@ fn fleet() -> impl Strategy<Value = Vec<Generated>> {
 }
 
 fn settings() -> impl Strategy<Value = Settings> {
-    (1usize..8, any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(max, paused, acknowledged)| {
-        Settings {
-            max_concurrent: max,
-            paused,
-            acknowledged,
-            deadline: None,
-        }
+    (1usize..8, any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(max, paused, acknowledged)| Settings {
+        max_concurrent: max,
+        paused,
+        acknowledged,
+        deadline: None,
     })
 }
 
@@ -305,5 +303,8 @@ fn idle_deployments_need_no_grant_and_a_finished_rollout_is_complete() {
     assert_eq!(decision.counts.waiting, 1);
     assert_eq!(decision.phase, Phase::Progressing);
     let done = [members[1].clone()];
-    assert_eq!(plan(TARGET, &settings, &done, &BTreeSet::new()).phase, Phase::Complete);
+    assert_eq!(
+        plan(TARGET, &settings, &done, &BTreeSet::new()).phase,
+        Phase::Complete
+    );
 }

@@ -207,3 +207,92 @@ fn reconciling_means_wait_and_stalled_means_someone_must_change_something() {
     );
     assert_eq!(condition(&unsupported, "Stalled").unwrap().message, "too old");
 }
+
+/// The status of `policy` (over one Deployment that does not carry its current revision yet)
+/// when the controller's rollout planner reports `phase`.
+fn status_in_rollout(
+    policy: &SidecarPolicy,
+    counts: sidecar_core::rollout::Counts,
+    phase: sidecar_core::rollout::Phase,
+) -> SidecarPolicyStatus {
+    let set = PolicySet::new(std::slice::from_ref(policy), &Guardrails::default());
+    let summary = sidecar_core::outcome::Summary {
+        matched: 3,
+        up_to_date: 1,
+        rollout: Some((counts, phase)),
+        ..Default::default()
+    };
+    sidecar_core::status::from_summary(policy, &set, &summary, None, &at(0))
+}
+
+#[test]
+fn a_stopped_rollout_is_stalled_and_says_how_to_go_on() {
+    use sidecar_core::rollout::{Counts, Phase};
+    let p = sidecar_policy("p", "s");
+    let revision = sidecar_core::revision::of(&p);
+    let counts = Counts {
+        updated: 1,
+        rolling: 0,
+        waiting: 2,
+        failed: 1,
+    };
+    let phase = Phase::Stopped {
+        deployment: "web".into(),
+        message: "ProgressDeadlineExceeded: ReplicaSet \"web-2\" has timed out progressing.".into(),
+    };
+    let s = status_in_rollout(&p, counts, phase);
+    assert_eq!(ready(&s), ("False".into(), "RolloutStopped".into()));
+    let stalled = condition(&s, "Stalled").unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "RolloutStopped")
+    );
+    for part in [
+        "Deployment \"web\" failed",
+        "timed out",
+        "acknowledgedRevision",
+        &revision,
+        "2 waiting",
+    ] {
+        assert!(stalled.message.contains(part), "{part}: {}", stalled.message);
+    }
+    assert!(condition(&s, "Reconciling").is_none());
+    assert_eq!((s.failed_deployments, s.waiting_deployments), (1, 2));
+    assert_eq!(s.progress.as_deref(), Some("1/3"));
+}
+
+#[test]
+fn a_paused_rollout_is_neither_reconciling_nor_stalled() {
+    use sidecar_core::rollout::{Counts, Phase};
+    let mut p = sidecar_policy("p", "s");
+    p.spec.rollout = Some(sidecar_api::Rollout {
+        paused: true,
+        ..Default::default()
+    });
+    let counts = Counts {
+        updated: 1,
+        waiting: 2,
+        ..Counts::default()
+    };
+    let s = status_in_rollout(&p, counts, Phase::Paused);
+    assert_eq!(ready(&s), ("False".into(), "RolloutPaused".into()));
+    assert_eq!(condition(&s, "Paused").unwrap().status, "True");
+    assert!(condition(&s, "Reconciling").is_none() && condition(&s, "Stalled").is_none());
+
+    let rolling = Counts {
+        updated: 1,
+        rolling: 2,
+        ..Counts::default()
+    };
+    p.spec.rollout = None;
+    let s = status_in_rollout(&p, rolling, Phase::Progressing);
+    assert_eq!(ready(&s), ("False".into(), "Progressing".into()));
+    assert!(
+        condition(&s, "Reconciling")
+            .unwrap()
+            .message
+            .contains("2 rolling")
+    );
+    assert!(condition(&s, "Paused").is_none());
+    assert_eq!(s.rolling_deployments, 2);
+}
