@@ -62,6 +62,10 @@ impl Progress {
         {
             return Progress::Failed(message.clone());
         }
+        if state.paused {
+            // Paused by its owner: a write rolls nothing until it is resumed.
+            return Progress::Idle;
+        }
         let want = state.replicas.unwrap_or(1);
         let complete = observed
             && state.updated_replicas.unwrap_or(0) >= want
@@ -69,7 +73,7 @@ impl Progress {
             && state.available_replicas.unwrap_or(0) >= state.updated_replicas.unwrap_or(0);
         if complete {
             Progress::Complete
-        } else if state.paused || state.available_replicas.unwrap_or(0) == 0 {
+        } else if state.available_replicas.unwrap_or(0) == 0 {
             Progress::Idle
         } else {
             Progress::Rolling

@@ -15,23 +15,6 @@ use sidecar_api::{SidecarPolicy, SidecarPolicyStatus};
 use sidecar_core::Guardrails;
 use sidecar_operator::controller::Error;
 
-/// The ControllerRevision the operator stores for `policy` at `number`, as the server returns it.
-fn revision_of(policy: &SidecarPolicy, number: i64) -> ControllerRevision {
-    let hash = sidecar_core::revision::of(policy);
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "ControllerRevision",
-        "metadata": {
-            "name": format!("shipper-{hash}"), "namespace": "demo",
-            "labels": {"sidecar.dev/policy": "shipper", "sidecar.dev/revision": hash},
-            "ownerReferences": [{"apiVersion": "sidecar.dev/v1alpha1", "kind": "SidecarPolicy", "name": "shipper", "uid": "uid-shipper", "controller": true}],
-        },
-        "data": {"spec": sidecar_core::revision::content(&policy.spec)},
-        "revision": number,
-    }))
-    .unwrap()
-}
-
 /// A harness whose Deployments were all reconciled once (statuses are written only then).
 async fn synced(
     policies: Vec<SidecarPolicy>,
@@ -360,6 +343,7 @@ async fn progress_is_written_at_most_once_a_second_but_a_new_condition_at_once()
         carried: vec![("shipper".into(), revision.clone())],
         state,
         held: false,
+        progress: sidecar_core::rollout::Progress::Complete,
     };
     h.ctx.record_outcome("demo", "a", outcome(State::Applied));
     h.ctx.record_outcome("demo", "b", outcome(State::Pending));

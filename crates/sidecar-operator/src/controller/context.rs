@@ -17,6 +17,7 @@ use sidecar_core::outcome::{Outcome, OutcomeIndex};
 use super::GuardedPolicy;
 use super::events::Events;
 use super::policy_sets::{NamespacePolicies, PolicySets};
+use super::rollouts::Rollouts;
 use super::view::DeploymentView;
 use crate::metrics::Metrics;
 
@@ -115,6 +116,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub triggers: Triggers,
     pub policy_sets: PolicySets,
+    /// The staged rollouts under way.
+    pub rollouts: Rollouts,
     outcomes: Mutex<OutcomeIndex>,
     written: Mutex<HashMap<ObjectRef<DeploymentView>, Written>>,
     /// Consecutive failures per object, for exponential backoff.
@@ -158,6 +161,7 @@ impl Context {
             metrics,
             triggers,
             policy_sets: PolicySets::default(),
+            rollouts: Rollouts::default(),
             outcomes: Mutex::default(),
             written: Mutex::default(),
             deployment_failures: Mutex::default(),
@@ -380,6 +384,7 @@ impl Context {
         let key = ObjectRef::new(name).within(namespace);
         lock(&self.status_written).remove(&key);
         lock(&self.policy_failures).remove(&key);
+        self.rollouts.forget(namespace, name);
         lock(&self.revisions_written).retain(|(ns, policy, _), _| !(ns == namespace && policy == name));
     }
 

@@ -15,6 +15,7 @@ mod hold;
 mod policy_sets;
 mod reconcile;
 mod revisions;
+mod rollouts;
 mod status;
 mod view;
 

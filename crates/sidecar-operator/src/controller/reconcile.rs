@@ -11,8 +11,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use sidecar_api::SidecarPolicy;
 use sidecar_core::outcome::{Outcome, State};
-use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, Refusal};
+use sidecar_core::rollout::Progress;
+use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, PolicySet, Refusal};
 use tracing::{debug, info, instrument, warn};
 
 use super::FIELD_MANAGER;
@@ -20,6 +22,7 @@ use super::context::{CACHE_RETRY, Context, Written};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
 use super::hold::{self, Release};
+use super::rollouts;
 use super::view::DeploymentView;
 
 #[instrument(skip_all, fields(deployment = %view.name(), namespace = %view.namespace()))]
@@ -73,6 +76,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         carried: facts.carried(),
         state,
         held,
+        progress: view.progress.clone(),
     };
 
     if let Some(invalid) = policies.unreadable.first() {
@@ -113,7 +117,19 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
 
-    let plan = match policies.set.plan(&metadata, &facts) {
+    let pins = match staged_pins(&ctx, &view, &policies.set, &selected, &facts.carried()) {
+        Ok(pins) => pins,
+        Err(missing) => {
+            // Written moments ago, or deleted and being re-created by the policy's reconcile.
+            debug!(%missing, "waiting for a revision in the revision cache");
+            let state = State::Pending;
+            ctx.record_outcome(namespace, name, outcome(state, held));
+            return Ok(Action::requeue(REVISION_RETRY));
+        }
+    };
+    let pinned = (!pins.is_empty()).then(|| policies.set.pinned(&pins, &ctx.guardrails));
+    let set = pinned.as_ref().unwrap_or(&policies.set);
+    let plan = match set.plan(&metadata, &facts) {
         Ok(plan) => plan,
         Err(refusal) => {
             let released = if held {
@@ -136,11 +152,12 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             return Ok(Action::await_change());
         }
     };
-    let applied = |held| Outcome {
+    let applied = |held, progress| Outcome {
         selected: selected.clone(),
         carried: plan.record.carried(),
         state: State::Applied,
         held,
+        progress,
     };
     if plan.is_applied(&facts) {
         if held && ctx.released_already(&key, view.metadata.generation) {
@@ -156,10 +173,10 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 Release::Rendered
             };
             let released = hold::release(&ctx, &view, generation, why).await;
-            ctx.record_outcome(namespace, name, applied(released.is_err()));
+            ctx.record_outcome(namespace, name, applied(released.is_err(), view.progress.clone()));
             released?;
         } else {
-            ctx.record_outcome(namespace, name, applied(false));
+            ctx.record_outcome(namespace, name, applied(false, view.progress.clone()));
         }
         ctx.deployment_succeeded(&key);
         return Ok(Action::await_change());
@@ -189,7 +206,12 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                     released: held && released.is_ok(),
                 },
             );
-            ctx.record_outcome(namespace, name, applied(released.is_err()));
+            // Until the cache shows the write, a staged rollout counts the Deployment as rolling.
+            let progress = match view.progress {
+                Progress::Idle => Progress::Idle,
+                _ => Progress::Rolling,
+            };
+            ctx.record_outcome(namespace, name, applied(released.is_err(), progress));
             report_change(&ctx, &view, &facts, &plan).await;
             released?;
             ctx.deployment_succeeded(&key);
@@ -204,6 +226,53 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             Err(error)
         }
     }
+}
+
+/// How soon a Deployment waiting for a revision in the revision cache is looked at again.
+const REVISION_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The policies this Deployment is planned against at another revision than their current one,
+/// for their staged rollouts: a selected policy is planned at its current revision if the
+/// Deployment carries it already, has nothing running (or is held at admission: its first pods
+/// are at stake), or is allowed to move by the policy's rollout; otherwise at the revision the
+/// Deployment carries (`Some`, from the revision history), or not at all if it carries none yet
+/// (`None`). An invalid policy is not pinned: it refuses the render as it is. `Err` names a
+/// revision the cache does not hold.
+fn staged_pins(
+    ctx: &Context,
+    view: &DeploymentView,
+    set: &PolicySet,
+    selected: &[String],
+    carried: &[(String, String)],
+) -> Result<Vec<(String, Option<SidecarPolicy>)>, String> {
+    let mut pins = Vec::new();
+    if view.progress == Progress::Idle || view.held_for().is_some() {
+        return Ok(pins);
+    }
+    for name in selected {
+        let Some(current) = set.revision(name) else {
+            continue;
+        };
+        let carries = carried.iter().find(|(p, _)| p == name).map(|(_, r)| r.as_str());
+        if carries == Some(current)
+            || !set.problems(name).is_empty()
+            || ctx.rollouts.allows(view.namespace(), name, current, view.name())
+        {
+            continue;
+        }
+        let earlier = match carries {
+            None => None,
+            Some(hash) => {
+                let policy = set
+                    .policies()
+                    .find(|p| p.metadata.name.as_deref() == Some(name.as_str()));
+                let at = policy.and_then(|p| rollouts::revision_at(&ctx.caches.revisions, p, hash));
+                Some(at.ok_or_else(|| format!("{name}-{hash}"))?)
+            }
+        };
+        pins.push((name.clone(), earlier));
+    }
+    Ok(pins)
 }
 
 /// Retries with exponential backoff per Deployment; a field conflict waits longer, since it

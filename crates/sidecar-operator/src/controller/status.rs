@@ -12,13 +12,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
-use sidecar_core::status::{from_summary, unsupported_server_status};
+use sidecar_core::status::{from_summary, reasons, unsupported_server_status};
 use tracing::{debug, instrument, warn};
 
 use super::context::{CACHE_RETRY, Context};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
 use super::revisions::sync_history;
+use super::rollouts;
 use super::{FIELD_MANAGER, GuardedPolicy};
 
 #[instrument(skip_all, fields(policy = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
@@ -73,7 +74,15 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
     };
     sync_history(&ctx, policy, &revision).await?;
 
-    let summary = ctx.outcomes().summary(&namespace, &name, &revision);
+    let decision = rollouts::plan(&ctx, policy, &revision);
+    // A rolling Deployment's deadline passes without an event.
+    let next = || {
+        decision
+            .recheck
+            .map_or_else(Action::await_change, Action::requeue)
+    };
+    let mut summary = ctx.outcomes().summary(&namespace, &name, &revision);
+    summary.rollout = Some((decision.counts, decision.phase.clone()));
     // The status this process wrote last is newer than the cached one until the cache catches
     // up; comparing with the cached one would write the same status again.
     let written = ctx.written_status(&key);
@@ -90,7 +99,7 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
     if previous == Some(&status) {
         debug!("status unchanged");
         ctx.policy_succeeded(&key);
-        return Ok(Action::await_change());
+        return Ok(next());
     }
     // While a thousand Deployments converge, counts change a thousand times: progress is written
     // at most once per interval; a condition that changes is written at once.
@@ -101,10 +110,11 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
         return Ok(Action::requeue(wait));
     }
     report_invalid(&ctx, policy, previous, &status).await;
+    report_stopped(&ctx, policy, previous, &status).await;
     write_status(&ctx, policy, &status).await?;
     ctx.status_was_written(key.clone(), status);
     ctx.policy_succeeded(&key);
-    Ok(Action::await_change())
+    Ok(next())
 }
 
 /// How often a status that only reports progress (counts, messages) is written, at most.
@@ -186,4 +196,34 @@ async fn report_invalid(
         );
         ctx.events.publish(report).await;
     }
+}
+
+/// A Warning Event on the policy when its rollout stops on a failure, once per stop: the status'
+/// `Stalled` condition keeps saying so.
+async fn report_stopped(
+    ctx: &Context,
+    policy: &SidecarPolicy,
+    previous: Option<&SidecarPolicyStatus>,
+    status: &SidecarPolicyStatus,
+) {
+    let stopped = |s: Option<&SidecarPolicyStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::STALLED))
+            .filter(|c| c.status == "True" && c.reason == reasons::ROLLOUT_STOPPED)
+            .map(|c| (c.message.clone(), s.and_then(|s| s.current_revision.clone())))
+    };
+    let Some((message, revision)) = stopped(Some(status)) else {
+        return;
+    };
+    if stopped(previous).is_some_and(|(_, earlier)| earlier == revision) {
+        return;
+    }
+    warn!("rollout stopped: {message}");
+    let report = Report::new(
+        policy.object_ref(&()),
+        EventType::Warning,
+        reasons::ROLLOUT_STOPPED,
+        "Rollout",
+        message,
+    );
+    ctx.events.publish(report).await;
 }

@@ -5,16 +5,17 @@
 //! every Deployment of the cluster. [`DeploymentView`] decodes the Deployment from the watch and
 //! keeps its identity, labels and opt-out annotation, and the engine's [`DeploymentFacts`] in
 //! their compact text form (about a kilobyte; decoded, with their maps and small strings, they
-//! take three or four times that), expanded only when the Deployment is planned. The rest
-//! (status, `managedFields`, the owner's containers, `last-applied-configuration`) is dropped
-//! before it reaches the cache.
+//! take three or four times that), expanded only when the Deployment is planned, and of its
+//! status only where its own rollout stands ([`Progress`]). The rest (the status' counts,
+//! `managedFields`, the owner's containers, `last-applied-configuration`) is dropped before it
+//! reaches the cache.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -22,6 +23,7 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use sidecar_api::{HELD_FOR_ANNOTATION, INJECT_ANNOTATION};
 use sidecar_core::DeploymentFacts;
+use sidecar_core::rollout::{DeploymentState, Progress};
 use sidecar_core::selector::LabelSet;
 
 /// The cached form of a Deployment. Its `Deserialize` reads a whole Deployment and keeps only
@@ -41,9 +43,12 @@ pub struct DeploymentView {
     /// Whether it carries a record of something injected (for the `deployments_managed` gauge,
     /// which must not decode every Deployment's facts).
     pub managed: bool,
-    /// A hash of what decisions read (uid, labels, the opt-out annotation, the facts): equal
-    /// hashes mean nothing that matters changed (a status update, a new image for the owner's
-    /// container, someone else's annotation), so nothing is triggered.
+    /// Where its own rollout stands: a staged policy rollout waits for it.
+    pub progress: Progress,
+    /// A hash of what decisions read (uid, labels, the opt-out annotation, the facts, the
+    /// rollout's progress): equal hashes mean nothing that matters changed (a status update
+    /// within a rollout, a new image for the owner's container, someone else's annotation), so
+    /// nothing is triggered.
     pub content: u64,
 }
 
@@ -71,14 +76,24 @@ impl DeploymentView {
         let managed =
             matches!(sidecar_core::InjectionRecord::read(deployment), Ok(Some(record)) if !record.is_empty());
         let paused = deployment.spec.paused.unwrap_or(false);
+        let progress = Progress::of(&state(deployment));
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&metadata.uid, &labels, &metadata.annotations, paused, &facts).hash(&mut hasher);
+        (
+            &metadata.uid,
+            &labels,
+            &metadata.annotations,
+            paused,
+            &facts,
+            &progress,
+        )
+            .hash(&mut hasher);
         DeploymentView {
             metadata,
             paused,
             labels,
             facts,
             managed,
+            progress,
             content: hasher.finish(),
         }
     }
@@ -113,6 +128,35 @@ impl DeploymentView {
     }
 }
 
+/// What [`Progress::of`] reads of `deployment`.
+fn state(deployment: &Deployment) -> DeploymentState {
+    let status = deployment.status.as_ref();
+    let progressing = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|c| c.type_.as_deref() == Some("Progressing"))
+        })
+        .map(|c| {
+            (
+                c.status.clone().unwrap_or_default(),
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        });
+    DeploymentState {
+        generation: deployment.metadata.generation,
+        paused: deployment.spec.paused.unwrap_or(false),
+        replicas: deployment.spec.replicas,
+        observed_generation: status.and_then(|s| s.observed_generation),
+        status_replicas: status.and_then(|s| s.replicas),
+        updated_replicas: status.and_then(|s| s.updated_replicas),
+        available_replicas: status.and_then(|s| s.available_replicas),
+        progressing,
+    }
+}
+
 impl<'de> Deserialize<'de> for DeploymentView {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(deserializer)?;
@@ -129,22 +173,26 @@ impl<'de> Deserialize<'de> for DeploymentView {
             },
             spec: DeploymentSpec {
                 paused: wire.spec.paused,
+                replicas: wire.spec.replicas,
                 template: wire.spec.template,
                 ..DeploymentSpec::default()
             },
-            status: None,
+            status: wire.status,
         };
         Ok(DeploymentView::of(&deployment))
     }
 }
 
-/// What the view reads of a Deployment, as it comes off the wire. Everything else (the status,
-/// `managedFields`, the rest of the spec, annotations that are not the operator's) is skipped
-/// while parsing, never decoded: a watch sees every status update of every Deployment.
+/// What the view reads of a Deployment, as it comes off the wire. Everything else
+/// (`managedFields`, the rest of the spec, annotations that are not the operator's) is skipped
+/// while parsing, never decoded. The status is small (a few counts and conditions); it is read to
+/// judge the rollout's progress and dropped.
 #[derive(Deserialize)]
 struct Wire {
     metadata: WireMeta,
     spec: WireSpec,
+    #[serde(default)]
+    status: Option<DeploymentStatus>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +211,8 @@ struct WireMeta {
 struct WireSpec {
     #[serde(default)]
     paused: Option<bool>,
+    #[serde(default)]
+    replicas: Option<i32>,
     template: PodTemplateSpec,
 }
 
@@ -313,5 +363,28 @@ mod tests {
                 .into()
             )
         );
+    }
+
+    #[test]
+    fn the_rollout_progress_is_read_from_the_status_and_its_changes_count() {
+        let mut rolling = deployment("1", 3);
+        rolling["status"] =
+            json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1, "availableReplicas": 3});
+        let rolling: DeploymentView = serde_json::from_value(rolling).unwrap();
+        assert_eq!(rolling.progress, Progress::Rolling);
+        let mut complete = deployment("1", 3);
+        complete["status"] =
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3});
+        let complete: DeploymentView = serde_json::from_value(complete).unwrap();
+        assert_eq!(complete.progress, Progress::Complete);
+        assert_ne!(
+            rolling.content, complete.content,
+            "a staged rollout waits for this change"
+        );
+        let mut failed = deployment("1", 3);
+        failed["status"] = json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1, "availableReplicas": 3,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}]});
+        let failed: DeploymentView = serde_json::from_value(failed).unwrap();
+        assert_eq!(failed.progress, Progress::Failed("timed out".into()));
     }
 }

@@ -89,6 +89,24 @@ pub fn stored(deployment: &Deployment, policies: &[SidecarPolicy]) -> Deployment
     d
 }
 
+/// The ControllerRevision the operator stores for policy `shipper` at `number`, as the server
+/// returns it.
+pub fn revision_of(policy: &SidecarPolicy, number: i64) -> ControllerRevision {
+    let hash = sidecar_core::revision::of(policy);
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": {
+            "name": format!("shipper-{hash}"), "namespace": "demo",
+            "labels": {"sidecar.dev/policy": "shipper", "sidecar.dev/revision": hash},
+            "ownerReferences": [{"apiVersion": "sidecar.dev/v1alpha1", "kind": "SidecarPolicy", "name": "shipper", "uid": "uid-shipper", "controller": true}],
+        },
+        "data": {"spec": sidecar_core::revision::content(&policy.spec)},
+        "revision": number,
+    }))
+    .unwrap()
+}
+
 pub fn view(deployment: &Deployment) -> DeploymentView {
     DeploymentView::of(deployment)
 }

@@ -1,0 +1,266 @@
+//! The staged rollouts under way: per policy, the revision being rolled out, the Deployments the
+//! planner let move to it, and since when each has been rolling.
+//!
+//! The policy reconcile plans (`sidecar_core::rollout::plan`) from the outcome index and stores
+//! its decision here; a Deployment reconcile asks [`Rollouts::allows`] before rendering a policy
+//! at its current revision, and otherwise renders the revision the Deployment carries
+//! (`revision_at`). Grants live in memory only: after a restart, Deployments that carry the
+//! current revision keep it and the others wait for the first plan, which the policy reconcile
+//! makes once every Deployment has an outcome.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use sidecar_api::{REVISION_LABEL, SidecarPolicy};
+use sidecar_core::rollout::{self, Decision, Member, Progress, Settings};
+use sidecar_core::{revision, selector};
+use tracing::debug;
+
+use super::context::Context;
+use super::revisions::revision_name;
+
+/// One policy's rollout.
+#[derive(Debug, Default)]
+struct Rollout {
+    /// The revision being rolled out.
+    target: String,
+    /// The Deployments allowed to move to `target`.
+    granted: BTreeSet<String>,
+    /// When this process first saw each Deployment rolling at `target`.
+    rolling_since: HashMap<String, Instant>,
+}
+
+/// Rollouts by (namespace, policy).
+#[derive(Debug, Default)]
+pub struct Rollouts {
+    by_policy: Mutex<HashMap<(String, String), Rollout>>,
+}
+
+impl Rollouts {
+    /// Whether Deployment `deployment` may move to revision `target` of `namespace/policy`.
+    pub fn allows(&self, namespace: &str, policy: &str, target: &str, deployment: &str) -> bool {
+        self.lock()
+            .get(&(namespace.to_owned(), policy.to_owned()))
+            .is_some_and(|r| r.target == target && r.granted.contains(deployment))
+    }
+
+    /// The Deployments allowed to move to `target` so far (none when the target changed).
+    pub fn granted(&self, namespace: &str, policy: &str, target: &str) -> BTreeSet<String> {
+        self.lock()
+            .get(&(namespace.to_owned(), policy.to_owned()))
+            .filter(|r| r.target == target)
+            .map(|r| r.granted.clone())
+            .unwrap_or_default()
+    }
+
+    /// How long each of `rolling` (Deployments rolling at `target`) has been rolling, counted
+    /// from when this process first saw it so; the others are forgotten.
+    pub fn rolling_for(
+        &self,
+        namespace: &str,
+        policy: &str,
+        target: &str,
+        rolling: &[&str],
+        now: Instant,
+    ) -> HashMap<String, Duration> {
+        let mut rollouts = self.lock();
+        let rollout = rollouts
+            .entry((namespace.to_owned(), policy.to_owned()))
+            .or_default();
+        rollout.retarget(target);
+        rollout
+            .rolling_since
+            .retain(|name, _| rolling.contains(&name.as_str()));
+        rolling
+            .iter()
+            .map(|name| {
+                let since = *rollout.rolling_since.entry((*name).to_owned()).or_insert(now);
+                ((*name).to_owned(), now.saturating_duration_since(since))
+            })
+            .collect()
+    }
+
+    /// Stores the planner's grants for `target`; returns the Deployments granted now that were
+    /// not before (to be reconciled).
+    pub fn decided(
+        &self,
+        namespace: &str,
+        policy: &str,
+        target: &str,
+        granted: BTreeSet<String>,
+    ) -> Vec<String> {
+        let mut rollouts = self.lock();
+        let rollout = rollouts
+            .entry((namespace.to_owned(), policy.to_owned()))
+            .or_default();
+        rollout.retarget(target);
+        let new = granted.difference(&rollout.granted).cloned().collect();
+        rollout.granted = granted;
+        new
+    }
+
+    /// Forgets a deleted policy's rollout.
+    pub fn forget(&self, namespace: &str, policy: &str) {
+        self.lock().remove(&(namespace.to_owned(), policy.to_owned()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Rollout>> {
+        self.by_policy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Rollout {
+    /// A new revision starts a new rollout.
+    fn retarget(&mut self, target: &str) {
+        if self.target != target {
+            *self = Rollout {
+                target: target.to_owned(),
+                ..Rollout::default()
+            };
+        }
+    }
+}
+
+/// Plans the rollout of `policy`'s current revision `target` from the outcome index, stores the
+/// grants, and triggers the Deployments allowed to move now.
+pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, target: &str) -> Decision {
+    let namespace = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let settings_of = policy.spec.rollout.as_ref();
+    let canary = settings_of.and_then(|r| r.canary.as_ref()).map(|c| &c.selector);
+    // Owned copies: the index stays locked only while they are taken.
+    let matched: Vec<(String, Option<String>, Progress)> = {
+        let outcomes = ctx.outcomes();
+        outcomes
+            .involving(&namespace, &name)
+            .filter_map(|deployment| {
+                let outcome = outcomes.get(&namespace, deployment)?;
+                outcome.selected.contains(&name).then(|| {
+                    let carries = outcome
+                        .carried
+                        .iter()
+                        .find(|(p, _)| *p == name)
+                        .map(|(_, r)| r.clone());
+                    (deployment.to_owned(), carries, outcome.progress.clone())
+                })
+            })
+            .collect()
+    };
+    let is_canary = |deployment: &str| {
+        canary.is_some_and(|selector| {
+            ctx.caches
+                .deployments
+                .get(&ObjectRef::new(deployment).within(&namespace))
+                .is_some_and(|view| selector::matches(selector, &view.labels).unwrap_or(false))
+        })
+    };
+    let granted = ctx.rollouts.granted(&namespace, &name, target);
+    let rolling: Vec<&str> = matched
+        .iter()
+        .filter(|(d, carries, progress)| {
+            carries.as_deref() == Some(target)
+                && (*progress == Progress::Rolling || (granted.contains(d) && *progress == Progress::Idle))
+        })
+        .map(|(d, _, _)| d.as_str())
+        .collect();
+    let rolling_for = ctx
+        .rollouts
+        .rolling_for(&namespace, &name, target, &rolling, Instant::now());
+    let members: Vec<Member<'_>> = matched
+        .iter()
+        .map(|(d, carries, progress)| Member {
+            name: d,
+            carries: carries.as_deref(),
+            progress,
+            canary: is_canary(d),
+            rolling_for: rolling_for.get(d).copied(),
+        })
+        .collect();
+    let settings = Settings::of(settings_of, members.len(), target);
+    let decision = rollout::plan(target, &settings, &members, &granted);
+    for deployment in ctx
+        .rollouts
+        .decided(&namespace, &name, target, decision.granted.clone())
+    {
+        debug!(policy = %name, %deployment, revision = target, "may move to the current revision");
+        ctx.triggers.deployment(&namespace, &deployment);
+    }
+    decision
+}
+
+/// `policy` as it was at revision `hash`, from its stored ControllerRevision; `None` if the
+/// cache does not hold it (yet), or its content does not hash to `hash` (a revision written by
+/// a release whose content this one reads differently: rendering it would be a change).
+pub fn revision_at(
+    revisions: &Store<ControllerRevision>,
+    policy: &SidecarPolicy,
+    hash: &str,
+) -> Option<SidecarPolicy> {
+    let namespace = policy.namespace()?;
+    let uid = policy.uid()?;
+    let stored =
+        revisions.get(&ObjectRef::new(&revision_name(&policy.name_any(), hash)).within(&namespace))?;
+    let owned = stored
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid);
+    if !owned || stored.labels().get(REVISION_LABEL).map(String::as_str) != Some(hash) {
+        return None;
+    }
+    let earlier = revision::at(policy, stored.data.0.get("spec")?).ok()?;
+    (revision::of(&earlier) == hash).then_some(earlier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_target_starts_a_new_rollout() {
+        let rollouts = Rollouts::default();
+        let granted = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        assert_eq!(rollouts.decided("ns", "p", "r1", granted.clone()), ["a", "b"]);
+        assert!(rollouts.allows("ns", "p", "r1", "a"));
+        assert!(
+            rollouts.decided("ns", "p", "r1", granted).is_empty(),
+            "nothing new"
+        );
+        assert!(!rollouts.allows("ns", "p", "r2", "a"), "granted for r1 only");
+        assert!(rollouts.granted("ns", "p", "r2").is_empty());
+        assert_eq!(
+            rollouts.decided("ns", "p", "r2", BTreeSet::from(["c".to_owned()])),
+            ["c"]
+        );
+        assert!(!rollouts.allows("ns", "p", "r1", "a"));
+        rollouts.forget("ns", "p");
+        assert!(!rollouts.allows("ns", "p", "r2", "c"));
+    }
+
+    #[test]
+    fn rolling_time_counts_from_first_sight() {
+        let rollouts = Rollouts::default();
+        let start = Instant::now();
+        let first = rollouts.rolling_for("ns", "p", "r1", &["a"], start);
+        assert_eq!(first["a"], Duration::ZERO);
+        let later = start + Duration::from_secs(30);
+        let second = rollouts.rolling_for("ns", "p", "r1", &["a", "b"], later);
+        assert_eq!(
+            (second["a"], second["b"]),
+            (Duration::from_secs(30), Duration::ZERO)
+        );
+        let done = rollouts.rolling_for("ns", "p", "r1", &["b"], later);
+        assert!(!done.contains_key("a"));
+        let again = rollouts.rolling_for("ns", "p", "r1", &["a"], later + Duration::from_secs(5));
+        assert_eq!(
+            again["a"],
+            Duration::ZERO,
+            "a new rollout of a starts its clock again"
+        );
+    }
+}
