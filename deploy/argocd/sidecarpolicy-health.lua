@@ -1,8 +1,9 @@
 -- Argo CD health check for sidecar.dev/SidecarPolicy, read from the status sidecar-operator
 -- writes. A policy is Healthy when its Ready condition is True (this includes a selector that
 -- matches nothing yet), Progressing while the operator has not caught up with the policy's
--- generation or is still rolling it out, and Degraded when Ready is False for any other reason
--- (Conflict, InvalidPolicy, GuardrailRefused, BlockedByOtherPolicy, UnsupportedServer).
+-- generation or is still rolling it out, Suspended while its rollout is paused
+-- (spec.rollout.paused), and Degraded when Ready is False for any other reason (Conflict,
+-- InvalidPolicy, GuardrailRefused, BlockedByOtherPolicy, RolloutStopped, UnsupportedServer).
 local hs = {}
 local status = obj.status
 if status == nil then
@@ -32,6 +33,8 @@ end
 local message = (ready.reason or "") .. ": " .. (ready.message or "")
 if ready.status == "True" then
   hs.status = "Healthy"
+elseif ready.status == "False" and ready.reason == "RolloutPaused" then
+  hs.status = "Suspended"
 elseif ready.status == "False" and ready.reason ~= "Progressing" then
   hs.status = "Degraded"
 else

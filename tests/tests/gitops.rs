@@ -206,17 +206,60 @@ fn every_not_ready_reason_but_progressing_is_degraded() {
         reasons::BLOCKED,
         reasons::UNSUPPORTED_SERVER,
         reasons::PROGRESSING,
+        reasons::ROLLOUT_PAUSED,
+        reasons::ROLLOUT_STOPPED,
     ]);
     for reason in reasons {
         let mut status = status(std::slice::from_ref(&p), &[]);
         status.conditions[0].status = "False".into();
         status.conditions[0].reason = reason.into();
-        let expected = if reason == reasons::PROGRESSING {
-            "Progressing"
-        } else {
-            "Degraded"
+        let expected = match reason {
+            reasons::PROGRESSING => "Progressing",
+            reasons::ROLLOUT_PAUSED => "Suspended",
+            _ => "Degraded",
         };
         assert_eq!(health(&live(&p, Some(status))).0, expected, "{reason}");
+    }
+}
+
+/// A staged rollout as the operator's status code reports it: rolling is Progressing (kstatus
+/// InProgress), paused is Suspended (kstatus Current: nothing to wait for), stopped on a failure
+/// is Degraded (kstatus Failed).
+#[test]
+fn a_staged_rollout_reads_as_progressing_suspended_or_degraded() {
+    use sidecar_core::outcome::Summary;
+    use sidecar_core::rollout::{Counts, Phase};
+    let mut p = policy();
+    let set = PolicySet::new(std::slice::from_ref(&p), &Guardrails::default());
+    let counts = Counts {
+        updated: 1,
+        rolling: 1,
+        waiting: 1,
+        failed: 0,
+    };
+    let stopped = Phase::Stopped {
+        deployment: "web".into(),
+        message: "ProgressDeadlineExceeded: timed out".into(),
+    };
+    for (phase, paused, argo, flux) in [
+        (Phase::Progressing, false, "Progressing", "InProgress"),
+        (Phase::Paused, true, "Suspended", "Current"),
+        (stopped, false, "Degraded", "Failed"),
+    ] {
+        p.spec.rollout = Some(sidecar_api::Rollout {
+            paused,
+            ..Default::default()
+        });
+        let summary = Summary {
+            matched: 3,
+            up_to_date: 1,
+            rollout: Some((counts, phase.clone())),
+            ..Summary::default()
+        };
+        let status = sidecar_core::status::from_summary(&p, &set, &summary, None, &now());
+        let object = live(&p, Some(status));
+        assert_eq!(health(&object).0, argo, "{phase:?}");
+        assert_eq!(kstatus(&object), flux, "{phase:?}");
     }
 }
 

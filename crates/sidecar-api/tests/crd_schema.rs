@@ -73,10 +73,37 @@ fn identity_and_printer_columns() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    for column in ["Matched", "Up-To-Date", "Ready", "Age"] {
+    for column in ["Matched", "Updated", "Ready", "Age"] {
         assert!(
             columns.contains(&column),
             "missing printer column {column}: {columns:?}"
+        );
+    }
+}
+
+#[test]
+fn max_concurrent_is_a_positive_integer_or_a_percentage() {
+    let with = |max: Value| {
+        let mut spec = valid_spec();
+        spec["rollout"] = json!({ "maxConcurrent": max });
+        violations(spec)
+    };
+    for good in [json!(1), json!(25), json!("1%"), json!("10%"), json!("100%")] {
+        let found = with(good.clone());
+        assert!(found.is_empty(), "{good}: {found:?}");
+    }
+    for bad in [
+        json!(0),
+        json!(-3),
+        json!("0%"),
+        json!("101%"),
+        json!("10"),
+        json!("05%"),
+    ] {
+        let found = with(bad.clone());
+        assert!(
+            found.iter().any(|m| m.contains("maxConcurrent")),
+            "{bad}: {found:?}"
         );
     }
 }

@@ -18,7 +18,8 @@ use sidecar_api::{DEFAULT_MAX_CONCURRENT, Rollout};
 /// Where a Deployment's own rollout stands, from its status.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Progress {
-    /// Nothing runs (no available replica, or paused by its owner): moving it disturbs nothing.
+    /// Nothing runs (no replica wanted or available, or paused by its owner): moving it disturbs
+    /// nothing.
     Idle,
     /// Its controller observed its spec, and every replica is updated and available.
     Complete,
@@ -67,6 +68,9 @@ impl Progress {
             return Progress::Idle;
         }
         let want = state.replicas.unwrap_or(1);
+        if want == 0 {
+            return Progress::Idle;
+        }
         let complete = observed
             && state.updated_replicas.unwrap_or(0) >= want
             && state.status_replicas.unwrap_or(0) <= state.updated_replicas.unwrap_or(0)
@@ -323,6 +327,14 @@ mod tests {
             ..complete.clone()
         };
         assert_eq!(Progress::of(&old_pods_left), Progress::Rolling);
+        let scaled_to_zero = DeploymentState {
+            replicas: Some(0),
+            status_replicas: Some(0),
+            updated_replicas: Some(0),
+            available_replicas: Some(0),
+            ..complete.clone()
+        };
+        assert_eq!(Progress::of(&scaled_to_zero), Progress::Idle);
         let nothing_available = DeploymentState {
             available_replicas: Some(0),
             updated_replicas: Some(1),

@@ -7,10 +7,11 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Container;
-use sidecar_api::SidecarPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sidecar_api::schema::{
     DNS_LABEL_MAX, MAX_APP_PATCHES, MAX_INIT_CONTAINERS, MAX_LIST_ITEMS, MAX_SIDECARS, MAX_VOLUMES,
 };
+use sidecar_api::{Rollout, SidecarPolicy};
 
 use crate::problem::{Problem, ProblemKind, Warning};
 use crate::selector;
@@ -138,7 +139,61 @@ pub(crate) fn problems(policy: &SidecarPolicy, name: &str) -> Vec<Problem> {
             }
         }
     }
+    if let Some(rollout) = &spec.rollout {
+        rollout_problems(rollout, &mut out);
+    }
     out.list
+}
+
+/// The schema's rules for `spec.rollout`.
+fn rollout_problems(rollout: &Rollout, out: &mut Problems<'_>) {
+    match &rollout.max_concurrent {
+        Some(IntOrString::Int(n)) if *n < 1 => out.push(
+            "spec.rollout.maxConcurrent",
+            format!("{n} is not an integer of at least 1 or a percentage from 1% to 100%"),
+        ),
+        Some(IntOrString::String(text))
+            if !text
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<u8>().ok())
+                .is_some_and(|p| (1..=100).contains(&p) && !text.starts_with('0')) =>
+        {
+            out.push(
+                "spec.rollout.maxConcurrent",
+                format!("{text:?} is not an integer of at least 1 or a percentage from 1% to 100%"),
+            );
+        }
+        _ => {}
+    }
+    if let Some(seconds) = rollout.progress_deadline_seconds
+        && !(1..=86_400).contains(&seconds)
+    {
+        out.push(
+            "spec.rollout.progressDeadlineSeconds",
+            format!("{seconds} is outside the allowed range 1..=86400"),
+        );
+    }
+    if let Some(revision) = &rollout.acknowledged_revision
+        && !(revision.len() == crate::revision::HASH_LEN
+            && revision
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    {
+        out.push(
+            "spec.rollout.acknowledgedRevision",
+            format!(
+                "{revision:?} is not a revision (10 lower-case hex digits, as status.currentRevision shows)"
+            ),
+        );
+    }
+    if let Some(canary) = &rollout.canary
+        && let Err(e) = selector::validate(&canary.selector)
+    {
+        out.push(
+            format!("spec.rollout.canary.selector.{}", e.field()),
+            e.to_string(),
+        );
+    }
 }
 
 /// What is legal in `policy` but probably a mistake, whatever Deployment it is applied to.
@@ -307,6 +362,58 @@ fn unpinned(image: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollout_settings_follow_the_schema() {
+        let check = |rollout: serde_json::Value| {
+            let mut policy: SidecarPolicy = serde_json::from_value(serde_json::json!({
+                "apiVersion": "sidecar.dev/v1alpha1", "kind": "SidecarPolicy",
+                "metadata": {"name": "p", "namespace": "ns"},
+                "spec": {"selector": {}, "sidecars": [{"name": "s", "image": "s:1"}]},
+            }))
+            .unwrap();
+            policy.spec.rollout = Some(serde_json::from_value(rollout).unwrap());
+            problems(&policy, "p")
+                .into_iter()
+                .map(|p| p.field)
+                .collect::<Vec<_>>()
+        };
+        for good in [
+            serde_json::json!({"maxConcurrent": 3}),
+            serde_json::json!({"maxConcurrent": "100%", "progressDeadlineSeconds": 600}),
+            serde_json::json!({"acknowledgedRevision": "0123456789", "canary": {"selector": {"matchLabels": {"canary": "true"}}}}),
+        ] {
+            assert!(check(good.clone()).is_empty(), "{good}");
+        }
+        for (bad, field) in [
+            (
+                serde_json::json!({"maxConcurrent": 0}),
+                "spec.rollout.maxConcurrent",
+            ),
+            (
+                serde_json::json!({"maxConcurrent": "0%"}),
+                "spec.rollout.maxConcurrent",
+            ),
+            (
+                serde_json::json!({"maxConcurrent": "101%"}),
+                "spec.rollout.maxConcurrent",
+            ),
+            (
+                serde_json::json!({"maxConcurrent": "10"}),
+                "spec.rollout.maxConcurrent",
+            ),
+            (
+                serde_json::json!({"progressDeadlineSeconds": 0}),
+                "spec.rollout.progressDeadlineSeconds",
+            ),
+            (
+                serde_json::json!({"acknowledgedRevision": "latest"}),
+                "spec.rollout.acknowledgedRevision",
+            ),
+        ] {
+            assert_eq!(check(bad.clone()), [field], "{bad}");
+        }
+    }
 
     #[test]
     fn dns_labels() {

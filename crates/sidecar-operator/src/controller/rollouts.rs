@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use sidecar_api::{REVISION_LABEL, SidecarPolicy};
+use sidecar_core::outcome::State;
 use sidecar_core::rollout::{self, Decision, Member, Progress, Settings};
 use sidecar_core::{revision, selector};
 use tracing::debug;
@@ -141,7 +142,13 @@ pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, target: &str) -> Decis
             .involving(&namespace, &name)
             .filter_map(|deployment| {
                 let outcome = outcomes.get(&namespace, deployment)?;
-                outcome.selected.contains(&name).then(|| {
+                // A refused or blocked render cannot move, whatever the rollout allows: it would
+                // hold a place in the budget forever. Its status lines say why.
+                let stuck = matches!(
+                    outcome.state,
+                    State::Refused(_) | State::Blocked { .. } | State::WriteFailed { conflict: true, .. }
+                );
+                (outcome.selected.contains(&name) && !stuck).then(|| {
                     let carries = outcome
                         .carried
                         .iter()
