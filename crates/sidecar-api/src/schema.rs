@@ -59,7 +59,7 @@ pub(crate) fn max_concurrent(_: &mut SchemaGenerator) -> Schema {
         &mut value,
         // No `type()`: an int-or-string value is dynamic, and `string()` reads both; a string
         // without `%` differs from the integer it spells.
-        "string(self).endsWith('%') ? string(self).matches('^([1-9][0-9]?|100)%$') : (self == int(string(self)) && int(string(self)) >= 1)",
+        "string(self).endsWith('%') ? string(self).matches('^([1-9][0-9]?|100)%$') : (string(self).matches('^[1-9][0-9]*$') && self == int(string(self)))",
         "maxConcurrent: an integer of at least 1, or a percentage from 1% to 100%",
     );
     Schema::try_from(value).unwrap_or_default()
