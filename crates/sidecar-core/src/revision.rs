@@ -3,7 +3,8 @@
 //! A revision covers what a policy injects and where (`order`, `placement`, containers, volumes,
 //! app-container additions, pod settings), not which Deployments get it (`selector`) nor how the
 //! operator keeps its history (`revisionHistoryLimit`) nor whether new Deployments wait for it
-//! (`holdNewDeployments`): narrowing a selector is not a new version of a sidecar. The
+//! (`holdNewDeployments`) nor how a new revision is rolled out (`rollout`): narrowing a selector
+//! is not a new version of a sidecar. The
 //! controller stores each revision as a `ControllerRevision` owned by the policy, as Kubernetes
 //! stores a DaemonSet's or a StatefulSet's history, and every Deployment's
 //! record names the revision it was rendered from, so that a Deployment can be rendered against
@@ -21,7 +22,12 @@ use serde_json::{Map, Value};
 use sidecar_api::{SidecarPolicy, SidecarPolicySpec};
 
 /// Spec fields that are not part of a revision's content.
-const NOT_CONTENT: [&str; 3] = ["selector", "revisionHistoryLimit", "holdNewDeployments"];
+const NOT_CONTENT: [&str; 4] = [
+    "selector",
+    "revisionHistoryLimit",
+    "holdNewDeployments",
+    "rollout",
+];
 
 /// Characters of the hash kept in names: 40 bits, so two of a policy's revisions collide with a
 /// chance of about one in a trillion. A collision is detected (the stored content differs) and
@@ -195,10 +201,12 @@ mod tests {
         let mut ordered = spec("busybox:1.36", json!({}));
         ordered["order"] = json!(5);
         assert_ne!(of(&policy(ordered)), base);
-        // How the operator keeps history and whether new Deployments wait are not content either.
+        // How the operator keeps history, whether new Deployments wait and how a revision rolls
+        // out are not content either.
         let mut bookkeeping = spec("busybox:1.36", json!({}));
         bookkeeping["revisionHistoryLimit"] = json!(3);
         bookkeeping["holdNewDeployments"] = json!(false);
+        bookkeeping["rollout"] = json!({"maxConcurrent": "10%", "paused": true});
         assert_eq!(of(&policy(bookkeeping)), base);
     }
 
