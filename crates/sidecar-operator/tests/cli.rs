@@ -245,6 +245,35 @@ fn a_conflict_is_refused_with_exit_code_2() {
     assert!(stdout(&out).is_empty(), "nothing is half-rendered");
 }
 
+/// `spec.rollout` says how a change reaches running Deployments; a render is always of the
+/// current revision, so valid settings change nothing in it, and invalid ones are refused as the
+/// CRD would refuse them.
+#[test]
+fn rollout_settings_are_checked_and_do_not_change_the_render() {
+    let f = Fixture::new();
+    let d = f.file("d.yaml", DEPLOYMENT);
+    let plain = render(&f.file("p.yaml", POLICY), &d, &[]);
+    let staged = format!(
+        "{POLICY}  rollout: {{maxConcurrent: 10%, paused: true, canary: {{selector: {{matchLabels: {{tier: canary}}}}}}}}\n"
+    );
+    let with_rollout = render(&f.file("staged.yaml", &staged), &d, &[]);
+    assert_eq!(with_rollout.status.code(), Some(0), "{}", stderr(&with_rollout));
+    assert_eq!(
+        stdout(&with_rollout),
+        stdout(&plain),
+        "the same revision, the same render"
+    );
+
+    let bad = format!("{POLICY}  rollout: {{maxConcurrent: 0%}}\n");
+    let refused = render(&f.file("bad.yaml", &bad), &d, &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("spec.rollout.maxConcurrent"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 #[test]
 fn host_path_needs_the_guardrail_flag() {
     let f = Fixture::new();
