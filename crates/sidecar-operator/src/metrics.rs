@@ -42,6 +42,7 @@ pub struct Metrics {
     held: Gauge,
     hold_duration: Histogram,
     hold_available: Gauge,
+    rollouts_stopped: Gauge,
 }
 
 impl Default for Metrics {
@@ -59,6 +60,7 @@ impl Default for Metrics {
         let held = Gauge::default();
         let hold_duration = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0]);
         let hold_available = Gauge::default();
+        let rollouts_stopped = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -101,8 +103,14 @@ impl Default for Metrics {
             "1 when the API server serves MutatingAdmissionPolicy v1 and the install's admission-hold binding exists (read at start)",
             hold_available.clone(),
         );
+        registry.register(
+            "rollouts_stopped",
+            "Policies whose staged rollout stopped on a failed Deployment (their status names it)",
+            rollouts_stopped.clone(),
+        );
         Metrics {
             registry,
+            rollouts_stopped,
             held,
             hold_duration,
             hold_available,
@@ -135,6 +143,11 @@ impl Metrics {
 
     pub fn set_managed(&self, deployments: usize) {
         self.managed.set(i64::try_from(deployments).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_rollouts_stopped(&self, policies: usize) {
+        self.rollouts_stopped
+            .set(i64::try_from(policies).unwrap_or(i64::MAX));
     }
 
     pub fn set_held(&self, deployments: usize) {

@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use sidecar_api::{REVISION_LABEL, SidecarPolicy};
 use sidecar_core::outcome::State;
-use sidecar_core::rollout::{self, Decision, Member, Progress, Settings};
+use sidecar_core::rollout::{self, Decision, Member, Phase, Progress, Settings};
 use sidecar_core::{revision, selector};
 use tracing::debug;
 
@@ -33,6 +33,8 @@ struct Rollout {
     granted: BTreeSet<String>,
     /// When this process first saw each Deployment rolling at `target`.
     rolling_since: HashMap<String, Instant>,
+    /// The last plan stopped on a failure.
+    stopped: bool,
 }
 
 /// Rollouts by (namespace, policy).
@@ -85,23 +87,23 @@ impl Rollouts {
             .collect()
     }
 
-    /// Stores the planner's grants for `target`; returns the Deployments granted now that were
-    /// not before (to be reconciled).
-    pub fn decided(
-        &self,
-        namespace: &str,
-        policy: &str,
-        target: &str,
-        granted: BTreeSet<String>,
-    ) -> Vec<String> {
+    /// Stores the planner's decision for `target`; returns the Deployments granted now that
+    /// were not before (to be reconciled).
+    pub fn decided(&self, namespace: &str, policy: &str, target: &str, decision: &Decision) -> Vec<String> {
         let mut rollouts = self.lock();
         let rollout = rollouts
             .entry((namespace.to_owned(), policy.to_owned()))
             .or_default();
         rollout.retarget(target);
-        let new = granted.difference(&rollout.granted).cloned().collect();
-        rollout.granted = granted;
+        let new = decision.granted.difference(&rollout.granted).cloned().collect();
+        rollout.granted = decision.granted.clone();
+        rollout.stopped = matches!(decision.phase, Phase::Stopped { .. });
         new
+    }
+
+    /// How many policies' rollouts are stopped on a failure.
+    pub fn stopped(&self) -> usize {
+        self.lock().values().filter(|r| r.stopped).count()
     }
 
     /// Forgets a deleted policy's rollout.
@@ -191,13 +193,11 @@ pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, target: &str) -> Decis
         .collect();
     let settings = Settings::of(settings_of, members.len(), target);
     let decision = rollout::plan(target, &settings, &members, &granted);
-    for deployment in ctx
-        .rollouts
-        .decided(&namespace, &name, target, decision.granted.clone())
-    {
+    for deployment in ctx.rollouts.decided(&namespace, &name, target, &decision) {
         debug!(policy = %name, %deployment, revision = target, "may move to the current revision");
         ctx.triggers.deployment(&namespace, &deployment);
     }
+    ctx.metrics.set_rollouts_stopped(ctx.rollouts.stopped());
     decision
 }
 
@@ -231,22 +231,31 @@ mod tests {
     #[test]
     fn a_new_target_starts_a_new_rollout() {
         let rollouts = Rollouts::default();
-        let granted = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
-        assert_eq!(rollouts.decided("ns", "p", "r1", granted.clone()), ["a", "b"]);
+        let decision = |names: &[&str], phase| Decision {
+            granted: names.iter().map(|n| (*n).to_owned()).collect(),
+            counts: rollout::Counts::default(),
+            phase,
+            recheck: None,
+        };
+        let both = decision(&["a", "b"], Phase::Progressing);
+        assert_eq!(rollouts.decided("ns", "p", "r1", &both), ["a", "b"]);
         assert!(rollouts.allows("ns", "p", "r1", "a"));
-        assert!(
-            rollouts.decided("ns", "p", "r1", granted).is_empty(),
-            "nothing new"
-        );
+        assert!(rollouts.decided("ns", "p", "r1", &both).is_empty(), "nothing new");
         assert!(!rollouts.allows("ns", "p", "r2", "a"), "granted for r1 only");
         assert!(rollouts.granted("ns", "p", "r2").is_empty());
+        let stopped = Phase::Stopped {
+            deployment: "c".into(),
+            message: "failed".into(),
+        };
         assert_eq!(
-            rollouts.decided("ns", "p", "r2", BTreeSet::from(["c".to_owned()])),
+            rollouts.decided("ns", "p", "r2", &decision(&["c"], stopped)),
             ["c"]
         );
         assert!(!rollouts.allows("ns", "p", "r1", "a"));
+        assert_eq!(rollouts.stopped(), 1);
         rollouts.forget("ns", "p");
         assert!(!rollouts.allows("ns", "p", "r2", "c"));
+        assert_eq!(rollouts.stopped(), 0);
     }
 
     #[test]
