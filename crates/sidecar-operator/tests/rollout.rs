@@ -235,7 +235,10 @@ async fn a_failed_rollout_stops_everyone_and_warns_once() {
     .unwrap();
     assert!(h.triggered().0.is_empty(), "nobody moves");
     let metrics = h.ctx.metrics.encode().unwrap();
-    assert!(metrics.contains("sidecar_operator_rollouts_stopped 1"), "{metrics}");
+    assert!(
+        metrics.contains("sidecar_operator_rollouts_stopped 1"),
+        "{metrics}"
+    );
     let status = status.lock().unwrap().clone();
     assert_eq!(status["failedDeployments"], 1);
     assert_eq!(status["waitingDeployments"], 2);
