@@ -15,14 +15,20 @@
 //! With `--hold`, only the admission hold instead (`hold.rs`): the latency from a Deployment's
 //! create to its release, and its ReplicaSets.
 //!
+//! With `--rollout`, only the staged rollout instead (`rollout.rs`): a new revision over N running
+//! Deployments, `--max-concurrent` at a time, against the same number of sequential waves of
+//! Deployment rollouts.
+//!
 //! Times on a shared machine vary; the ratios printed (operator over bare client, same server,
 //! same run) are the figures to compare. See docs/performance.md for how to run it.
 
 mod apiserver;
 mod fleet;
 mod hold;
+mod node;
 mod operator;
 mod progress;
+mod rollout;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -86,6 +92,14 @@ struct Args {
     /// The admission hold's MutatingAdmissionPolicy and binding, applied with `--hold`.
     #[arg(long, value_name = "FILE", default_value = hold::ADMISSION_POLICY)]
     admission_policy: PathBuf,
+    /// Measure only the staged rollout: a new policy revision over `--deployments` running
+    /// Deployments (one replica each; the harness acts as the node) against sequential waves of
+    /// `--max-concurrent` Deployment rollouts, `--repeat` times. Needs kube-controller-manager.
+    #[arg(long, conflicts_with = "hold")]
+    rollout: bool,
+    /// With `--rollout`: the policy's `spec.rollout.maxConcurrent`, and the size of a wave.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +147,13 @@ async fn run(args: &Args) -> Result<(), Error> {
             args.deployments, args.repeat, args.concurrency, version.git_version
         );
         return hold::run(&client, args).await;
+    }
+    if args.rollout {
+        println!(
+            "scale --rollout: {} Deployments per namespace, maxConcurrent {}, {} rounds, API server {}",
+            args.deployments, args.max_concurrent, args.repeat, version.git_version
+        );
+        return rollout::run(&client, args).await;
     }
     let n = args.deployments;
     let concurrency = usize::from(args.concurrency);

@@ -1,0 +1,505 @@
+//! The staged rollout (`spec.rollout.maxConcurrent`), measured: a new policy revision reaching N
+//! running Deployments, at most `--max-concurrent` rolling at once, against a bare client that
+//! rolls the same number of Deployments in sequential waves of that size. The target: the
+//! operator takes at most 1.2x the waves' time, that is, it adds no waiting beyond the budget.
+//!
+//! Two namespaces of N Deployments (`replicas: 1`, Available before anything changes: a
+//! Deployment with nothing running would move at once, outside the budget). Per round, back to
+//! back:
+//!
+//! - **bare client** (`scale-rollout-bare`): patch a pod template annotation of `budget`
+//!   Deployments, wait until those complete their rollouts, then the next `budget`; timed from
+//!   the first patch to the last completion;
+//! - **operator** (`scale-rollout`, where the policy's revision 1 was injected first, staged
+//!   too): change the sidecar image; timed until every Deployment carries the new revision and
+//!   has completed its rollout. The most Deployments seen rolling at once (carrying the new
+//!   revision, rollout not complete) is checked against the budget.
+//!
+//! "Complete" is the operator's definition: the Deployment controller observed the generation,
+//! and `updatedReplicas`, `spec.replicas`, `status.replicas` and `availableReplicas` are equal.
+//! The cluster must run kube-controller-manager (it rolls Deployments and writes their status);
+//! the harness acts as the node (`node.rs`): it marks pods Ready and force-deletes terminating
+//! ones.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use sidecar_api::SidecarPolicy;
+use sidecar_core::InjectionRecord;
+
+use crate::node::Node;
+use crate::operator::Operator;
+use crate::{Args, Error, Measured, apiserver, fleet};
+
+/// The bare client's namespace.
+const BARE: &str = "scale-rollout-bare";
+/// The operator's namespace.
+const OPERATED: &str = "scale-rollout";
+/// The pod template annotation the bare client changes.
+const WAVE_ANNOTATION: &str = "bench.sidecar.dev/wave";
+
+/// A Deployment as the measurement sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct State {
+    generation: i64,
+    /// Its own rollout is complete (see the module docs).
+    complete: bool,
+    /// The revision of the bench policy it carries.
+    revision: Option<String>,
+}
+
+impl State {
+    fn of(d: &Deployment) -> Self {
+        let revision = InjectionRecord::read(d)
+            .ok()
+            .flatten()
+            .and_then(|r| r.carried().into_iter().find(|(p, _)| p == fleet::POLICY))
+            .map(|(_, revision)| revision);
+        State {
+            generation: d.metadata.generation.unwrap_or(0),
+            complete: is_complete(d),
+            revision,
+        }
+    }
+}
+
+/// Complete and running: observed, every replica updated and available, at least one.
+fn is_complete(d: &Deployment) -> bool {
+    let Some(status) = &d.status else {
+        return false;
+    };
+    let want = d.spec.replicas.unwrap_or(1);
+    status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && status.updated_replicas.unwrap_or(0) == want
+        && status.replicas.unwrap_or(0) == want
+        && status.available_replicas.unwrap_or(0) == want
+}
+
+/// Deployments by (namespace, name); the revision being rolled out in [`OPERATED`] and the most
+/// Deployments seen rolling to it at once.
+#[derive(Debug, Default)]
+struct Seen {
+    deployments: HashMap<(String, String), State>,
+    target: Option<String>,
+    max_rolling: usize,
+}
+
+impl Seen {
+    fn rolling(&self) -> usize {
+        let Some(target) = &self.target else { return 0 };
+        self.deployments
+            .iter()
+            .filter(|((ns, _), s)| ns == OPERATED && s.revision.as_ref() == Some(target) && !s.complete)
+            .count()
+    }
+
+    fn apply(&mut self, d: &Deployment) {
+        let key = (d.namespace().unwrap_or_default(), d.name_any());
+        self.deployments.insert(key, State::of(d));
+        self.max_rolling = self.max_rolling.max(self.rolling());
+    }
+}
+
+/// Both namespaces' Deployments, whole (completion is in the status), each through its own
+/// watch: within one namespace the events come in the order the server made the changes, so a
+/// count of rolling Deployments is never inflated by a completion seen late.
+#[derive(Clone, Debug, Default)]
+struct Fleet {
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Fleet {
+    fn watch(client: &Client, namespaces: &[String]) -> Self {
+        let fleet = Fleet::default();
+        for namespace in namespaces {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            let config = watcher::Config::default().labels(&format!("{}=scale", fleet::FLEET_LABEL));
+            let seen = fleet.seen.clone();
+            tokio::spawn(async move {
+                let mut stream = watch(api, config).default_backoff().boxed();
+                while let Some(event) = stream.next().await {
+                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    match event {
+                        Ok(Event::Apply(d) | Event::InitApply(d)) => seen.apply(&d),
+                        Ok(Event::Delete(d)) => {
+                            seen.deployments
+                                .remove(&(d.namespace().unwrap_or_default(), d.name_any()));
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+        fleet
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, counts the Deployments rolling to `revision`.
+    fn track(&self, revision: &str) {
+        let mut seen = self.lock();
+        seen.target = Some(revision.to_owned());
+        seen.max_rolling = seen.rolling();
+    }
+
+    fn max_rolling(&self) -> usize {
+        self.lock().max_rolling
+    }
+
+    /// Waits until `want` Deployments of `namespace` pass `test`; returns the time since `start`.
+    async fn wait(
+        &self,
+        what: &str,
+        namespace: &str,
+        want: usize,
+        (start, patience): (Instant, Duration),
+        test: impl Fn(&str, &State) -> bool,
+    ) -> Result<Duration, Error> {
+        loop {
+            let have = self
+                .lock()
+                .deployments
+                .iter()
+                .filter(|((ns, name), s)| ns == namespace && test(name, s))
+                .count();
+            if have >= want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > patience {
+                return Err(Error::Timeout(format!("{what}: {have} of {want}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// One operator rollout: its figures and the most Deployments seen rolling at once.
+#[derive(Debug)]
+struct Rolled {
+    measured: Measured,
+    max_rolling: usize,
+}
+
+pub async fn run(client: &Client, args: &Args) -> Result<(), Error> {
+    let n = args.deployments;
+    let budget = usize::from(args.max_concurrent);
+    let patience = Duration::from_secs(300) + Duration::from_millis(100 * n as u64);
+    let (node, fleet) = set_up(client, n, usize::from(args.concurrency), patience).await?;
+    let log = args.work_dir.join("operator-rollout.log");
+    let operator = Operator::start(
+        &args.operator,
+        &args.kubeconfig,
+        &[OPERATED.to_owned()],
+        args.port,
+        args.concurrency,
+        log,
+    )?;
+    operator.synced(patience).await?;
+    let first = roll(client, &fleet, &operator, (n, budget), crate::IMAGE_V1, patience).await?;
+    print_rolled(
+        "operator, revision 1 injected (staged)",
+        &first,
+        None,
+        (n, budget),
+    );
+
+    let mut ratios = Vec::with_capacity(args.repeat);
+    let mut max_rolling = first.max_rolling;
+    for round in 1..=args.repeat {
+        println!("round {round} of {}:", args.repeat);
+        let bare = waves(client, &fleet, (n, budget), round, patience).await?;
+        let waves = n.div_ceil(budget.max(1));
+        crate::report(
+            &format!("  bare client, {waves} waves of {budget}"),
+            &bare,
+            None,
+            n,
+        );
+        let image = format!("registry.example.com/mesh/agent:1.{round}");
+        let rolled = roll(client, &fleet, &operator, (n, budget), &image, patience).await?;
+        let ratio = print_rolled(
+            &format!("  operator, maxConcurrent {budget}"),
+            &rolled,
+            Some(&bare),
+            (n, budget),
+        );
+        ratios.push(ratio);
+        max_rolling = max_rolling.max(rolled.max_rolling);
+    }
+    operator.kill().await;
+    summary(n, budget, &ratios, max_rolling);
+    println!("  node: {}", node.summary());
+    Ok(())
+}
+
+/// The node and the fleet watch started, then N Deployments with one replica in each namespace,
+/// waited for until every one is Available.
+async fn set_up(
+    client: &Client,
+    n: usize,
+    concurrency: usize,
+    patience: Duration,
+) -> Result<(Node, Fleet), Error> {
+    let namespaces = [BARE.to_owned(), OPERATED.to_owned()];
+    let node = Node::start(client, &namespaces);
+    let fleet = Fleet::watch(client, &namespaces);
+    create(client, &namespaces, n, concurrency).await?;
+    let start = Instant::now();
+    for namespace in &namespaces {
+        let available = |_: &str, s: &State| s.complete;
+        fleet
+            .wait(
+                "the Deployments to be Available",
+                namespace,
+                n,
+                (start, patience),
+                available,
+            )
+            .await?;
+    }
+    println!(
+        "set-up: {} Deployments (replicas 1) Available {:.1} s after their creation",
+        2 * n,
+        start.elapsed().as_secs_f64()
+    );
+    Ok((node, fleet))
+}
+
+/// The CRD, both namespaces (refusing a cluster that has the fleet already), and N Deployments
+/// with one replica in each.
+async fn create(client: &Client, namespaces: &[String], n: usize, concurrency: usize) -> Result<(), Error> {
+    crate::install_crd(client).await?;
+    let fleet_selector = ListParams::default().labels(&format!("{}=scale", fleet::FLEET_LABEL));
+    for namespace in namespaces {
+        fleet::apply(client, fleet::namespace(namespace)).await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        if !deployments.list_metadata(&fleet_selector).await?.items.is_empty() {
+            return Err(Error::Setup(format!(
+                "{namespace} has Deployments: run the harness against a fresh cluster"
+            )));
+        }
+    }
+    let objects = namespaces
+        .iter()
+        .flat_map(|namespace| (0..n).map(|i| running_deployment(namespace, i)))
+        .collect();
+    fleet::apply_all(client, objects, concurrency).await
+}
+
+/// Fleet Deployment `i` of `namespace`, with one replica.
+fn running_deployment(namespace: &str, i: usize) -> Value {
+    let mut object = fleet::deployment(namespace, i, false);
+    object["spec"]["replicas"] = json!(1);
+    object
+}
+
+/// The bare client: the Deployments of [`BARE`] in waves of `budget`, each wave's pod template
+/// changed (the annotation set to this round) and waited for until every one completes.
+async fn waves(
+    client: &Client,
+    fleet: &Fleet,
+    (n, budget): (usize, usize),
+    round: usize,
+    patience: Duration,
+) -> Result<Measured, Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), BARE);
+    let names: Vec<String> = (0..n)
+        .map(|i| fleet::deployment(BARE, i, false))
+        .map(|d| name(&d))
+        .collect();
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {WAVE_ANNOTATION: format!("round-{round}")}}}}});
+    apiserver::quiet(client, patience).await?;
+    let before = apiserver::snapshot(client).await?;
+    let start = Instant::now();
+    for wave in names.chunks(budget.max(1)) {
+        let patched = futures::future::try_join_all(wave.iter().map(|name| {
+            let api = api.clone();
+            let patch = &patch;
+            async move {
+                let d = api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                Ok::<_, Error>((name.clone(), d.metadata.generation.unwrap_or(0)))
+            }
+        }))
+        .await?;
+        let patched: HashMap<String, i64> = patched.into_iter().collect();
+        fleet
+            .wait(
+                "a wave to complete",
+                BARE,
+                wave.len(),
+                (start, patience),
+                |name, s| {
+                    patched
+                        .get(name)
+                        .is_some_and(|g| s.generation >= *g && s.complete)
+                },
+            )
+            .await?;
+    }
+    let took = start.elapsed();
+    Ok(Measured {
+        took,
+        writes: apiserver::snapshot(client).await?.writes_since(&before),
+    })
+}
+
+fn name(object: &Value) -> String {
+    object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The bench policy of [`OPERATED`] at `image`, at most `budget` Deployments rolling at once.
+fn policy(image: &str, budget: usize) -> Value {
+    let mut policy = fleet::policy(OPERATED, image);
+    policy["spec"]["rollout"] = json!({"maxConcurrent": budget});
+    policy
+}
+
+/// The operator: applies the policy at `image` and waits until all `n` Deployments carry its
+/// revision and completed their rollouts, counting those rolling at once.
+async fn roll(
+    client: &Client,
+    fleet: &Fleet,
+    operator: &Operator,
+    (n, budget): (usize, usize),
+    image: &str,
+    patience: Duration,
+) -> Result<Rolled, Error> {
+    let policy = policy(image, budget);
+    let revision = fleet::revision(&policy)?;
+    apiserver::quiet(client, patience).await?;
+    let before = apiserver::snapshot(client).await?;
+    fleet.track(&revision);
+    let start = Instant::now();
+    fleet::apply(client, policy).await?;
+    let took = fleet
+        .wait(
+            "the new revision to be rolled out",
+            OPERATED,
+            n,
+            (start, patience),
+            |_, s| s.complete && s.revision.as_ref() == Some(&revision),
+        )
+        .await?;
+    let max_rolling = fleet.max_rolling();
+    current_revision(client, &revision, patience).await?;
+    // The Events follow the writes; the last status lands within a moment.
+    operator.events_sent(patience).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = apiserver::snapshot(client).await?.writes_since(&before);
+    Ok(Rolled {
+        measured: Measured { took, writes },
+        max_rolling,
+    })
+}
+
+/// Waits until the policy's status names `revision` current: the harness computes revisions as
+/// the operator does, and this checks it.
+async fn current_revision(client: &Client, revision: &str, patience: Duration) -> Result<(), Error> {
+    let api: Api<SidecarPolicy> = Api::namespaced(client.clone(), OPERATED);
+    let start = Instant::now();
+    loop {
+        let current = api
+            .get(fleet::POLICY)
+            .await?
+            .status
+            .and_then(|s| s.current_revision);
+        if current.as_deref() == Some(revision) {
+            return Ok(());
+        }
+        if start.elapsed() > patience {
+            return Err(Error::Setup(format!(
+                "the policy's currentRevision is {current:?}, the harness expected {revision}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Prints an operator rollout; returns its ratio to `bare` (NaN without one).
+fn print_rolled(what: &str, rolled: &Rolled, bare: Option<&Measured>, (n, budget): (usize, usize)) -> f64 {
+    let ratio = crate::report(what, &rolled.measured, bare, n);
+    println!("    {}", rolling_line(rolled.max_rolling, budget));
+    ratio
+}
+
+fn rolling_line(max_rolling: usize, budget: usize) -> String {
+    let verdict = if max_rolling > budget {
+        "OVER the budget"
+    } else {
+        "within the budget"
+    };
+    format!("at most {max_rolling} Deployments rolling at once (maxConcurrent {budget}: {verdict})")
+}
+
+fn summary(n: usize, budget: usize, ratios: &[f64], max_rolling: usize) {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "rollout: operator / bare client's waves, {n} Deployments, maxConcurrent {budget}: median {median:.2}x ({})",
+        all.join(", ")
+    );
+    println!("overall, {}", rolling_line(max_rolling, budget));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(generation: i64, status: Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "a", "namespace": OPERATED, "generation": generation},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn complete_means_observed_updated_and_available() {
+        let done =
+            json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1});
+        assert!(is_complete(&deployment(2, done.clone())));
+        assert!(
+            !is_complete(&deployment(3, done)),
+            "the new generation is not observed yet"
+        );
+        let surging =
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1});
+        assert!(!is_complete(&deployment(2, surging)), "the old pod still runs");
+        let unavailable = json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1});
+        assert!(!is_complete(&deployment(2, unavailable)));
+    }
+
+    #[test]
+    fn counts_rolling_deployments_of_the_target_revision() {
+        let mut seen = Seen {
+            target: Some("r2".into()),
+            ..Seen::default()
+        };
+        let state = |revision: &str, complete| State {
+            generation: 1,
+            complete,
+            revision: Some(revision.into()),
+        };
+        let key = |ns: &str, name: &str| (ns.to_owned(), name.to_owned());
+        seen.deployments.insert(key(OPERATED, "a"), state("r2", false));
+        seen.deployments.insert(key(OPERATED, "b"), state("r2", true));
+        seen.deployments.insert(key(OPERATED, "c"), state("r1", false));
+        seen.deployments.insert(key(BARE, "d"), state("r2", false));
+        assert_eq!(seen.rolling(), 1);
+    }
+}
