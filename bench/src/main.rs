@@ -25,6 +25,7 @@
 mod apiserver;
 mod fleet;
 mod hold;
+mod load;
 mod node;
 mod operator;
 mod progress;

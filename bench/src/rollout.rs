@@ -7,13 +7,19 @@
 //! Deployment with nothing running would move at once, outside the budget). Per round, back to
 //! back:
 //!
-//! - **bare client** (`scale-rollout-bare`): patch a pod template annotation of `budget`
-//!   Deployments, wait until those complete their rollouts, then the next `budget`; timed from
-//!   the first patch to the last completion;
+//! - **bare client** (`scale-rollout-bare`): server-side apply to `budget` Deployments exactly
+//!   what the operator writes for the new revision (the harness's limit, as in the other modes:
+//!   the same pod templates and the same cost per write), wait until those complete their
+//!   rollouts, then the next `budget`; timed from the first write to the last completion;
 //! - **operator** (`scale-rollout`, where the policy's revision 1 was injected first, staged
 //!   too): change the sidecar image; timed until every Deployment carries the new revision and
 //!   has completed its rollout. The most Deployments seen rolling at once (carrying the new
 //!   revision, rollout not complete) is checked against the budget.
+//!
+//! The ratio of one round varies widely on a small shared machine, so each operator rollout also
+//! reports what the target is about directly: how long after a completion freed a slot the next
+//! Deployment was written (the operator's own wait), beside each Deployment's own rollout, and
+//! what the window cost the machine and the API server (`load.rs`).
 //!
 //! "Complete" is the operator's definition: the Deployment controller observed the generation,
 //! and `updatedReplicas`, `spec.replicas`, `status.replicas` and `availableReplicas` are equal.
@@ -35,6 +41,8 @@ use serde_json::{Value, json};
 use sidecar_api::SidecarPolicy;
 use sidecar_core::InjectionRecord;
 
+use crate::hold::percentile;
+use crate::load::Spent;
 use crate::node::Node;
 use crate::operator::Operator;
 use crate::{Args, Error, Measured, apiserver, fleet};
@@ -43,8 +51,6 @@ use crate::{Args, Error, Measured, apiserver, fleet};
 const BARE: &str = "scale-rollout-bare";
 /// The operator's namespace.
 const OPERATED: &str = "scale-rollout";
-/// The pod template annotation the bare client changes.
-const WAVE_ANNOTATION: &str = "bench.sidecar.dev/wave";
 
 /// A Deployment as the measurement sees it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -83,13 +89,15 @@ fn is_complete(d: &Deployment) -> bool {
         && status.available_replicas.unwrap_or(0) == want
 }
 
-/// Deployments by (namespace, name); the revision being rolled out in [`OPERATED`] and the most
-/// Deployments seen rolling to it at once.
+/// Deployments by (namespace, name); the revision being rolled out in [`OPERATED`], the most
+/// Deployments seen rolling to it at once, and when each was first seen moved to it and complete.
 #[derive(Debug, Default)]
 struct Seen {
     deployments: HashMap<(String, String), State>,
     target: Option<String>,
     max_rolling: usize,
+    moved: HashMap<String, Instant>,
+    done: HashMap<String, Instant>,
 }
 
 impl Seen {
@@ -102,9 +110,42 @@ impl Seen {
     }
 
     fn apply(&mut self, d: &Deployment) {
-        let key = (d.namespace().unwrap_or_default(), d.name_any());
-        self.deployments.insert(key, State::of(d));
+        let (key, state) = ((d.namespace().unwrap_or_default(), d.name_any()), State::of(d));
+        if key.0 == OPERATED && self.target.is_some() && state.revision == self.target {
+            let now = Instant::now();
+            self.moved.entry(key.1.clone()).or_insert(now);
+            if state.complete {
+                self.done.entry(key.1.clone()).or_insert(now);
+            }
+        }
+        self.deployments.insert(key, state);
         self.max_rolling = self.max_rolling.max(self.rolling());
+    }
+
+    /// Each Deployment's own rollout: from its move (the operator's write) to its completion.
+    fn own_rollouts(&self) -> Vec<Duration> {
+        let mut own: Vec<Duration> = (self.done.iter())
+            .filter_map(|(name, done)| Some(done.saturating_duration_since(*self.moved.get(name)?)))
+            .collect();
+        own.sort();
+        own
+    }
+
+    /// The operator's own wait per slot: the i-th move (in time order) had its slot from the
+    /// (i - budget)-th completion on, so the time between the two is what the operator added.
+    fn refills(&self, budget: usize) -> Vec<Duration> {
+        let sorted = |times: &HashMap<String, Instant>| {
+            let mut times: Vec<Instant> = times.values().copied().collect();
+            times.sort();
+            times
+        };
+        let (moved, done) = (sorted(&self.moved), sorted(&self.done));
+        let mut refills: Vec<Duration> = (moved.iter().skip(budget))
+            .zip(&done)
+            .map(|(moved, freed)| moved.saturating_duration_since(*freed))
+            .collect();
+        refills.sort();
+        refills
     }
 }
 
@@ -150,10 +191,8 @@ impl Fleet {
         let mut seen = self.lock();
         seen.target = Some(revision.to_owned());
         seen.max_rolling = seen.rolling();
-    }
-
-    fn max_rolling(&self) -> usize {
-        self.lock().max_rolling
+        seen.moved.clear();
+        seen.done.clear();
     }
 
     /// Waits until `want` Deployments of `namespace` pass `test`; returns the time since `start`.
@@ -183,11 +222,23 @@ impl Fleet {
     }
 }
 
-/// One operator rollout: its figures and the most Deployments seen rolling at once.
+/// One operator rollout: its figures, the most Deployments seen rolling at once, each
+/// Deployment's own rollout and the operator's wait per slot (both sorted).
 #[derive(Debug)]
 struct Rolled {
     measured: Measured,
     max_rolling: usize,
+    own: Vec<Duration>,
+    refills: Vec<Duration>,
+    spent: Spent,
+}
+
+/// The bare client's waves: its figures, each wave's time (sorted), and what they cost.
+#[derive(Debug)]
+struct Waves {
+    measured: Measured,
+    each: Vec<Duration>,
+    spent: Spent,
 }
 
 pub async fn run(client: &Client, args: &Args) -> Result<(), Error> {
@@ -217,20 +268,14 @@ pub async fn run(client: &Client, args: &Args) -> Result<(), Error> {
     let mut max_rolling = first.max_rolling;
     for round in 1..=args.repeat {
         println!("round {round} of {}:", args.repeat);
-        let bare = waves(client, &fleet, (n, budget), round, patience).await?;
-        let waves = n.div_ceil(budget.max(1));
-        crate::report(
-            &format!("  bare client, {waves} waves of {budget}"),
-            &bare,
-            None,
-            n,
-        );
         let image = format!("registry.example.com/mesh/agent:1.{round}");
+        let bare = waves(client, (&fleet, &operator), (n, budget), &image, patience).await?;
+        print_waves(&bare, (n, budget));
         let rolled = roll(client, &fleet, &operator, (n, budget), &image, patience).await?;
         let ratio = print_rolled(
             &format!("  operator, maxConcurrent {budget}"),
             &rolled,
-            Some(&bare),
+            Some(&bare.measured),
             (n, budget),
         );
         ratios.push(ratio);
@@ -254,6 +299,11 @@ async fn set_up(
     let node = Node::start(client, &namespaces);
     let fleet = Fleet::watch(client, &namespaces);
     create(client, &namespaces, n, concurrency).await?;
+    // The bare client's Deployments carry revision 1 too, so that its waves change what the
+    // operator's rollouts change.
+    for chunk in bare_injections(n, crate::IMAGE_V1)?.chunks(concurrency.max(1)) {
+        inject(client, chunk).await?;
+    }
     let start = Instant::now();
     for namespace in &namespaces {
         let available = |_: &str, s: &State| s.complete;
@@ -303,37 +353,24 @@ fn running_deployment(namespace: &str, i: usize) -> Value {
     object
 }
 
-/// The bare client: the Deployments of [`BARE`] in waves of `budget`, each wave's pod template
-/// changed (the annotation set to this round) and waited for until every one completes.
+/// The bare client: the Deployments of [`BARE`] in waves of `budget`, each wave sent what the
+/// operator would send them for the policy at `image`, and waited for until every one completes.
 async fn waves(
     client: &Client,
-    fleet: &Fleet,
+    (fleet, operator): (&Fleet, &Operator),
     (n, budget): (usize, usize),
-    round: usize,
+    image: &str,
     patience: Duration,
-) -> Result<Measured, Error> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), BARE);
-    let names: Vec<String> = (0..n)
-        .map(|i| fleet::deployment(BARE, i, false))
-        .map(|d| name(&d))
-        .collect();
-    let patch = json!({"spec": {"template": {"metadata": {"annotations": {WAVE_ANNOTATION: format!("round-{round}")}}}}});
+) -> Result<Waves, Error> {
+    let injections = bare_injections(n, image)?;
     apiserver::quiet(client, patience).await?;
     let before = apiserver::snapshot(client).await?;
+    let spent = Spent::now(client, operator).await?;
     let start = Instant::now();
-    for wave in names.chunks(budget.max(1)) {
-        let patched = futures::future::try_join_all(wave.iter().map(|name| {
-            let api = api.clone();
-            let patch = &patch;
-            async move {
-                let d = api
-                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
-                Ok::<_, Error>((name.clone(), d.metadata.generation.unwrap_or(0)))
-            }
-        }))
-        .await?;
-        let patched: HashMap<String, i64> = patched.into_iter().collect();
+    let mut each = Vec::new();
+    for wave in injections.chunks(budget.max(1)) {
+        let wave_start = Instant::now();
+        let written = inject(client, wave).await?;
         fleet
             .wait(
                 "a wave to complete",
@@ -341,22 +378,50 @@ async fn waves(
                 wave.len(),
                 (start, patience),
                 |name, s| {
-                    patched
+                    written
                         .get(name)
                         .is_some_and(|g| s.generation >= *g && s.complete)
                 },
             )
             .await?;
+        each.push(wave_start.elapsed());
     }
     let took = start.elapsed();
-    Ok(Measured {
+    let spent = Spent::now(client, operator).await?.since(&spent);
+    each.sort();
+    let measured = Measured {
         took,
         writes: apiserver::snapshot(client).await?.writes_since(&before),
+    };
+    Ok(Waves {
+        measured,
+        each,
+        spent,
     })
 }
 
-fn name(object: &Value) -> String {
-    object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
+/// What the operator would send each Deployment of [`BARE`] for the bench policy at `image`
+/// (the same apply configuration, so the same pod templates and the same cost per write).
+fn bare_injections(n: usize, image: &str) -> Result<Vec<(String, String, Value)>, Error> {
+    let deployments: Vec<Value> = (0..n).map(|i| running_deployment(BARE, i)).collect();
+    fleet::injections(&deployments, Some(&fleet::policy(BARE, image)))
+}
+
+/// Server-side applies `injections` at once, as the bare client; returns the generation each
+/// Deployment got, by name.
+async fn inject(
+    client: &Client,
+    injections: &[(String, String, Value)],
+) -> Result<HashMap<String, i64>, Error> {
+    let writes = injections.iter().map(|(namespace, name, patch)| {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        async move {
+            let params = PatchParams::apply("sidecar-bench-bare");
+            let d = api.patch(name, &params, &Patch::Apply(patch)).await?;
+            Ok::<_, Error>((name.clone(), d.metadata.generation.unwrap_or(0)))
+        }
+    });
+    Ok(futures::future::try_join_all(writes).await?.into_iter().collect())
 }
 
 /// The bench policy of [`OPERATED`] at `image`, at most `budget` Deployments rolling at once.
@@ -381,6 +446,7 @@ async fn roll(
     apiserver::quiet(client, patience).await?;
     let before = apiserver::snapshot(client).await?;
     fleet.track(&revision);
+    let spent = Spent::now(client, operator).await?;
     let start = Instant::now();
     fleet::apply(client, policy).await?;
     let took = fleet
@@ -392,7 +458,11 @@ async fn roll(
             |_, s| s.complete && s.revision.as_ref() == Some(&revision),
         )
         .await?;
-    let max_rolling = fleet.max_rolling();
+    let spent = Spent::now(client, operator).await?.since(&spent);
+    let (max_rolling, own, refills) = {
+        let seen = fleet.lock();
+        (seen.max_rolling, seen.own_rollouts(), seen.refills(budget))
+    };
     current_revision(client, &revision, patience).await?;
     // The Events follow the writes; the last status lands within a moment.
     operator.events_sent(patience).await?;
@@ -401,6 +471,9 @@ async fn roll(
     Ok(Rolled {
         measured: Measured { took, writes },
         max_rolling,
+        own,
+        refills,
+        spent,
     })
 }
 
@@ -431,7 +504,38 @@ async fn current_revision(client: &Client, revision: &str, patience: Duration) -
 fn print_rolled(what: &str, rolled: &Rolled, bare: Option<&Measured>, (n, budget): (usize, usize)) -> f64 {
     let ratio = crate::report(what, &rolled.measured, bare, n);
     println!("    {}", rolling_line(rolled.max_rolling, budget));
+    let (own, refills) = (&rolled.own, &rolled.refills);
+    println!(
+        "    a Deployment's own rollout: median {}, max {}; a freed slot taken after: median {}, p90 {}, max {} ({} slots)",
+        ms(percentile(own, 0.5)),
+        ms(percentile(own, 1.0)),
+        ms(percentile(refills, 0.5)),
+        ms(percentile(refills, 0.9)),
+        ms(percentile(refills, 1.0)),
+        refills.len()
+    );
+    println!("    {}", rolled.spent.line(rolled.measured.took));
     ratio
+}
+
+fn print_waves(waves: &Waves, (n, budget): (usize, usize)) {
+    let each = &waves.each;
+    crate::report(
+        &format!("  bare client, {} waves of {budget}", each.len()),
+        &waves.measured,
+        None,
+        n,
+    );
+    println!(
+        "    a wave: median {}, max {}",
+        ms(percentile(each, 0.5)),
+        ms(percentile(each, 1.0)),
+    );
+    println!("    {}", waves.spent.line(waves.measured.took));
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
 }
 
 fn rolling_line(max_rolling: usize, budget: usize) -> String {
@@ -501,5 +605,29 @@ mod tests {
         seen.deployments.insert(key(OPERATED, "c"), state("r1", false));
         seen.deployments.insert(key(BARE, "d"), state("r2", false));
         assert_eq!(seen.rolling(), 1);
+    }
+
+    #[test]
+    fn a_slot_is_refilled_after_the_completion_that_freed_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let times = |pairs: &[(&str, u64)]| -> HashMap<String, Instant> {
+            pairs
+                .iter()
+                .map(|(name, ms)| ((*name).to_owned(), at(*ms)))
+                .collect()
+        };
+        // Budget 2: a and b move at once; c takes the slot a freed, d the one b freed.
+        let seen = Seen {
+            moved: times(&[("a", 0), ("b", 0), ("c", 520), ("d", 640)]),
+            done: times(&[("a", 500), ("b", 600), ("c", 1000), ("d", 1100)]),
+            ..Seen::default()
+        };
+        assert_eq!(
+            seen.refills(2),
+            [Duration::from_millis(20), Duration::from_millis(40)]
+        );
+        assert_eq!(seen.own_rollouts().first(), Some(&Duration::from_millis(460)));
+        assert_eq!(seen.own_rollouts().last(), Some(&Duration::from_millis(600)));
     }
 }
