@@ -55,7 +55,12 @@ async fn expect_status(
         "{}",
         query(&request)
     );
-    (body["status"].clone(), request, send)
+    // A merge patch's nulls remove fields (a count back to 0): what the server then stores.
+    let mut status = body["status"].clone();
+    if let Some(fields) = status.as_object_mut() {
+        fields.retain(|_, value| !value.is_null());
+    }
+    (status, request, send)
 }
 
 #[tokio::test]

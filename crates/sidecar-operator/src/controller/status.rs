@@ -146,6 +146,30 @@ pub fn status_error_policy(policy: Arc<GuardedPolicy>, error: &Error, ctx: Arc<C
     Action::requeue(backoff(failures))
 }
 
+/// Status fields left out of the serialized status when zero or empty.
+const OMITTED_WHEN_EMPTY: [&str; 8] = [
+    "observedGeneration",
+    "currentRevision",
+    "heldDeployments",
+    "progress",
+    "rollingDeployments",
+    "waitingDeployments",
+    "failedDeployments",
+    "conditions",
+];
+
+/// `status` as a merge patch: a field the status leaves out (a count back to 0) is sent as
+/// `null`, which removes it; left out of the patch, the server would keep its old value.
+fn merge_body(status: &SidecarPolicyStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = body.as_object_mut() {
+        for field in OMITTED_WHEN_EMPTY {
+            fields.entry(field).or_insert(serde_json::Value::Null);
+        }
+    }
+    body
+}
+
 /// Writes `status` to the status subresource, unless the policy already has it.
 async fn write_status(
     ctx: &Context,
@@ -159,13 +183,17 @@ async fn write_status(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    api.patch_status(&name, &params, &Patch::Merge(json!({ "status": status })))
-        .await
-        .map_err(|source| Error::WriteStatus {
-            namespace,
-            name,
-            source,
-        })?;
+    api.patch_status(
+        &name,
+        &params,
+        &Patch::Merge(json!({ "status": merge_body(status) })),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        namespace,
+        name,
+        source,
+    })?;
     ctx.metrics.wrote("status");
     Ok(())
 }
@@ -226,4 +254,48 @@ async fn report_stopped(
         message,
     );
     ctx.events.publish(report).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_back_to_zero_is_removed_not_kept() {
+        let status = SidecarPolicyStatus {
+            matched_deployments: 3,
+            ..SidecarPolicyStatus::default()
+        };
+        let body = merge_body(&status);
+        for field in OMITTED_WHEN_EMPTY {
+            assert_eq!(body[field], serde_json::Value::Null, "{field}");
+            assert!(body.as_object().unwrap().contains_key(field), "{field} is sent");
+        }
+        assert_eq!(body["matchedDeployments"], 3);
+        // Every field the status may leave out is in the list.
+        let full = SidecarPolicyStatus {
+            current_revision: Some("r".into()),
+            held_deployments: 1,
+            progress: Some("1/3".into()),
+            rolling_deployments: 1,
+            waiting_deployments: 1,
+            failed_deployments: 1,
+            observed_generation: Some(2),
+            conditions: vec![
+                serde_json::from_value(json!({"type": "Ready", "status": "True", "reason": "UpToDate", "message": "", "lastTransitionTime": "2026-12-02T00:00:00Z"}))
+                    .unwrap(),
+            ],
+            ..status
+        };
+        let all = serde_json::to_value(&full).unwrap();
+        let empty = serde_json::to_value(SidecarPolicyStatus::default()).unwrap();
+        for key in all.as_object().unwrap().keys() {
+            if !empty.as_object().unwrap().contains_key(key) {
+                assert!(
+                    OMITTED_WHEN_EMPTY.contains(&key.as_str()),
+                    "{key} may be left out"
+                );
+            }
+        }
+    }
 }
