@@ -54,6 +54,12 @@ pub struct DeploymentView {
 
 impl DeploymentView {
     pub fn of(deployment: &Deployment) -> Self {
+        let status = deployment.status.as_ref().map(WireStatus::of);
+        Self::with_status(deployment, status.as_ref())
+    }
+
+    /// The view of `deployment` (whose own `status` is not read) with `status`.
+    fn with_status(deployment: &Deployment, status: Option<&WireStatus>) -> Self {
         let source = &deployment.metadata;
         let annotations: BTreeMap<String, String> = source
             .annotations
@@ -76,7 +82,7 @@ impl DeploymentView {
         let managed =
             matches!(sidecar_core::InjectionRecord::read(deployment), Ok(Some(record)) if !record.is_empty());
         let paused = deployment.spec.paused.unwrap_or(false);
-        let progress = Progress::of(&state(deployment));
+        let progress = Progress::of(&state(deployment, status));
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (
             &metadata.uid,
@@ -129,22 +135,10 @@ impl DeploymentView {
 }
 
 /// What [`Progress::of`] reads of `deployment`.
-fn state(deployment: &Deployment) -> DeploymentState {
-    let status = deployment.status.as_ref();
+fn state(deployment: &Deployment, status: Option<&WireStatus>) -> DeploymentState {
     let progressing = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|conditions| {
-            conditions
-                .iter()
-                .find(|c| c.type_.as_deref() == Some("Progressing"))
-        })
-        .map(|c| {
-            (
-                c.status.clone().unwrap_or_default(),
-                c.reason.clone().unwrap_or_default(),
-                c.message.clone().unwrap_or_default(),
-            )
-        });
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Progressing"))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
     DeploymentState {
         generation: deployment.metadata.generation,
         paused: deployment.spec.paused.unwrap_or(false),
@@ -177,22 +171,70 @@ impl<'de> Deserialize<'de> for DeploymentView {
                 template: wire.spec.template,
                 ..DeploymentSpec::default()
             },
-            status: wire.status,
+            status: None,
         };
-        Ok(DeploymentView::of(&deployment))
+        Ok(DeploymentView::with_status(&deployment, wire.status.as_ref()))
     }
 }
 
 /// What the view reads of a Deployment, as it comes off the wire. Everything else
-/// (`managedFields`, the rest of the spec, annotations that are not the operator's) is skipped
-/// while parsing, never decoded. The status is small (a few counts and conditions); it is read to
-/// judge the rollout's progress and dropped.
+/// (`managedFields`, the rest of the spec and of the status, annotations that are not the
+/// operator's) is skipped while parsing, never decoded: a watch sees every status update of every
+/// Deployment.
 #[derive(Deserialize)]
 struct Wire {
     metadata: WireMeta,
     spec: WireSpec,
     #[serde(default)]
-    status: Option<DeploymentStatus>,
+    status: Option<WireStatus>,
+}
+
+/// The status counts and the conditions' type, status, reason and message: what judges the
+/// rollout's progress (timestamps are not decoded).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireStatus {
+    observed_generation: Option<i64>,
+    replicas: Option<i32>,
+    updated_replicas: Option<i32>,
+    available_replicas: Option<i32>,
+    #[serde(default)]
+    conditions: Vec<WireCondition>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireCondition {
+    #[serde(rename = "type", default)]
+    type_: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl WireStatus {
+    /// The parts of a decoded status the view reads (for [`DeploymentView::of`]).
+    fn of(status: &DeploymentStatus) -> Self {
+        WireStatus {
+            observed_generation: status.observed_generation,
+            replicas: status.replicas,
+            updated_replicas: status.updated_replicas,
+            available_replicas: status.available_replicas,
+            conditions: status
+                .conditions
+                .iter()
+                .flatten()
+                .map(|c| WireCondition {
+                    type_: c.type_.clone().unwrap_or_default(),
+                    status: c.status.clone().unwrap_or_default(),
+                    reason: c.reason.clone().unwrap_or_default(),
+                    message: c.message.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
