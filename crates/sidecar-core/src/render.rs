@@ -155,10 +155,7 @@ impl PolicySet {
             }
         }
         // An earlier revision may have had another `order`.
-        policies.sort_by(|a, b| {
-            (a.policy.spec.order, &a.policy.metadata.name)
-                .cmp(&(b.policy.spec.order, &b.policy.metadata.name))
-        });
+        policies.sort_by(|a, b| injection_order(&a.policy).cmp(&injection_order(&b.policy)));
         PolicySet { policies }
     }
 
@@ -302,7 +299,12 @@ fn damaged_record(deployment: &str, error: &crate::record::RecordError) -> Refus
 }
 
 fn sort(policies: &mut [&SidecarPolicy]) {
-    policies.sort_by(|a, b| (a.spec.order, &a.metadata.name).cmp(&(b.spec.order, &b.metadata.name)));
+    policies.sort_by(|a, b| injection_order(a).cmp(&injection_order(b)));
+}
+
+/// Where a policy goes in injection order: by `spec.order`, then by name.
+fn injection_order(policy: &SidecarPolicy) -> (i32, &Option<String>) {
+    (policy.spec.order, &policy.metadata.name)
 }
 
 /// Whether the Deployment's owner opted out with `sidecar.dev/inject: "false"`.

@@ -22,8 +22,8 @@ use super::context::{CACHE_RETRY, Context, Written};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
 use super::hold::{self, Release};
-use super::rollouts;
 use super::view::DeploymentView;
+use super::{revisions, rollouts};
 
 #[instrument(skip_all, fields(deployment = %view.name(), namespace = %view.namespace()))]
 pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -267,7 +267,7 @@ fn staged_pins(
                     .policies()
                     .find(|p| p.metadata.name.as_deref() == Some(name.as_str()));
                 let at = policy.and_then(|p| rollouts::revision_at(&ctx.caches.revisions, p, hash));
-                Some(at.ok_or_else(|| format!("{name}-{hash}"))?)
+                Some(at.ok_or_else(|| revisions::revision_name(name, hash))?)
             }
         };
         pins.push((name.clone(), earlier));
