@@ -42,16 +42,17 @@ run *args:
 
 # Install or update the CRD in the current kubeconfig's cluster.
 install-crd:
-    kubectl apply --server-side -f crds/sidecarpolicy.yaml
+    kubectl apply --server-side -f crds/sidecarpolicy.yaml -f crds/clustersidecarpolicy.yaml
 
 # Formatting and lints, as CI runs them.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# Regenerate crds/sidecarpolicy.yaml from the Rust types.
+# Regenerate crds/sidecarpolicy.yaml and crds/clustersidecarpolicy.yaml from the Rust types.
 crd:
-    {{operator}} crd > crds/sidecarpolicy.yaml
+    {{operator}} crd --kind SidecarPolicy > crds/sidecarpolicy.yaml
+    {{operator}} crd --kind ClusterSidecarPolicy > crds/clustersidecarpolicy.yaml
 
 # Regenerate each example's golden rendered.yaml (review the diff before committing).
 golden:

@@ -1,4 +1,4 @@
-//! The `SidecarPolicy` custom resource (`sidecar.dev/v1alpha1`).
+//! The `SidecarPolicy` and `ClusterSidecarPolicy` custom resources (`sidecar.dev/v1alpha1`).
 //!
 //! This crate holds the types and their OpenAPI schema only: no logic, no client. Doc comments on
 //! the spec fields are user documentation; `kubectl explain sidecarpolicy.spec` shows them.
@@ -10,6 +10,15 @@ pub use v1alpha1::*;
 
 /// Annotation on a Deployment that opts it out of injection when set to `"false"`.
 pub const INJECT_ANNOTATION: &str = "sidecar.dev/inject";
+
+/// Label on a Namespace that opts it out of every ClusterSidecarPolicy when set to `"false"`
+/// (its own SidecarPolicies still apply: its owners wrote them).
+pub const NAMESPACE_INJECT_LABEL: &str = "sidecar.dev/inject";
+
+/// How the engine, the injection record and the admission hold name a ClusterSidecarPolicy:
+/// `ClusterSidecarPolicy/<name>`. A SidecarPolicy is named by its bare name; an object name
+/// cannot contain `/`, so the two never collide.
+pub const CLUSTER_POLICY_PREFIX: &str = "ClusterSidecarPolicy/";
 
 /// Annotation on a Deployment where the operator records what it injected, so that it can remove
 /// exactly that and nothing the Deployment's owner wrote.

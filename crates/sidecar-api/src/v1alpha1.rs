@@ -120,6 +120,62 @@ pub struct SidecarPolicySpec {
     pub rollout: Option<Rollout>,
 }
 
+/// A SidecarPolicy for many namespaces: adds its sidecars to the Deployments its `selector`
+/// matches in every namespace its `namespaceSelector` selects. Cluster-scoped, so that one
+/// platform team's mesh proxy or log agent reaches every team's namespace without a copy per
+/// namespace; only cluster administrators should be able to write it.
+///
+/// Everything else works as for a SidecarPolicy, across both kinds: ordering, conflicts (a
+/// container name used by a SidecarPolicy and a ClusterSidecarPolicy is a conflict naming both),
+/// guardrails, exact removal. The operator's `--exclude-namespace` list (default `kube-system`
+/// and its own namespace) is never selected, and a namespace labelled
+/// `sidecar.dev/inject: "false"` opts out of every ClusterSidecarPolicy.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sidecar.dev",
+    version = "v1alpha1",
+    kind = "ClusterSidecarPolicy",
+    plural = "clustersidecarpolicies",
+    shortname = "cscp",
+    status = "SidecarPolicyStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Order","type":"integer","jsonPath":".spec.order","priority":1}"#,
+    printcolumn = r#"{"name":"Namespaces","type":"integer","description":"Namespaces the namespaceSelector selects","jsonPath":".status.matchedNamespaces"}"#,
+    printcolumn = r#"{"name":"Matched","type":"integer","description":"Deployments the selectors match","jsonPath":".status.matchedDeployments"}"#,
+    printcolumn = r#"{"name":"Updated","type":"string","description":"Matched Deployments that carry the current revision, of all matched","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","priority":1,"description":"The current revision: a hash of what the policy injects","jsonPath":".status.currentRevision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name: a ClusterSidecarPolicy's name must be at most 63 characters: it is a label value"),
+    validation = kube::core::Rule::new(
+        "(has(self.spec.sidecars) && size(self.spec.sidecars) > 0) || (has(self.spec.initContainers) && size(self.spec.initContainers) > 0)"
+    ).message("spec: a ClusterSidecarPolicy must inject at least one entry in spec.sidecars or spec.initContainers").field_path(".spec"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.sidecars) || !has(self.spec.initContainers) || self.spec.sidecars.all(s, self.spec.initContainers.all(i, i.name != s.name))"
+    ).message("spec: a name is used both in spec.sidecars and spec.initContainers; container names must be unique within the pod").field_path(".spec"),
+    validation = kube::core::Rule::new("!has(self.spec.rollout)")
+        .message("spec.rollout: a ClusterSidecarPolicy does not stage its rollout yet; a new revision reaches every selected Deployment at once (remove spec.rollout)")
+        .field_path(".spec.rollout"),
+    validation = kube::core::Rule::new("!has(self.spec.revisionHistoryLimit)")
+        .message("spec.revisionHistoryLimit: a ClusterSidecarPolicy keeps no revision history yet (remove spec.revisionHistoryLimit)")
+        .field_path(".spec.revisionHistoryLimit"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSidecarPolicySpec {
+    /// Which namespaces the policy applies in, by their labels (`kubernetes.io/metadata.name`
+    /// holds each namespace's name). Required; `{}` selects every namespace but those the
+    /// operator never touches.
+    #[schemars(schema_with = "schema::label_selector")]
+    pub namespace_selector: LabelSelector,
+
+    /// The same fields as a SidecarPolicy's spec; `selector` picks Deployments within each
+    /// selected namespace.
+    #[serde(flatten)]
+    pub policy: SidecarPolicySpec,
+}
+
 /// How a new revision of a policy is rolled out to the Deployments it selects.
 ///
 /// A Deployment that has nothing running (no available replica, or paused by its owner) gets the
@@ -247,6 +303,11 @@ pub struct SidecarPolicyStatus {
     /// content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,
+
+    /// ClusterSidecarPolicy only: how many namespaces its `namespaceSelector` selects (those the
+    /// operator never touches, or that opted out, excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_namespaces: Option<i32>,
 
     /// How many Deployments the selector matches (opted-out Deployments excluded).
     #[serde(default)]

@@ -314,7 +314,7 @@ impl fmt::Display for Named<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Holder::Deployment(site) => write!(f, "Deployment {:?} ({site})", self.1),
-            Holder::Policy(name, site) => write!(f, "SidecarPolicy {name:?} ({site})"),
+            Holder::Policy(key, site) => write!(f, "{} ({site})", crate::cluster::describe(key)),
         }
     }
 }

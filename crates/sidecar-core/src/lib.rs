@@ -3,11 +3,13 @@
 //! a function of its arguments, so it is tested without a cluster and shared by the offline
 //! `render` command and the controller.
 //!
-//! The entry point is [`render()`]: given a Deployment and the policies of its namespace, it
+//! The entry point is [`render()`]: given a Deployment and the policies of its namespace (a
+//! ClusterSidecarPolicy that selects the namespace counts as one of them, see [`cluster`]), it
 //! strips what an earlier render injected (as recorded in the `sidecar.dev/injected` annotation),
 //! then injects what the matching policies ask for, or refuses with every problem it found.
 
 mod apply;
+pub mod cluster;
 mod facts;
 mod guardrails;
 pub mod hold;

@@ -173,7 +173,8 @@ impl Summary {
             }
             State::Blocked { policy: other, message } => self.blocked.push(|| {
                 format!(
-                    "Deployment {deployment:?}: SidecarPolicy {other:?} cannot be read, so the Deployment is left as it is: {message}"
+                    "Deployment {deployment:?}: {} cannot be read, so the Deployment is left as it is: {message}",
+                    crate::cluster::describe(other)
                 )
             }),
         }

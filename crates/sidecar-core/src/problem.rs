@@ -29,7 +29,8 @@ impl ProblemKind {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Problem {
     pub kind: ProblemKind,
-    /// Name of the SidecarPolicy at fault (empty when the Deployment alone is at fault, such as a
+    /// The key of the policy at fault: a SidecarPolicy's name or `ClusterSidecarPolicy/<name>`
+    /// (empty when the Deployment alone is at fault, such as a
     /// damaged bookkeeping annotation).
     pub policy: String,
     /// JSON path of the offending field in the policy (or the Deployment), e.g.
@@ -52,8 +53,10 @@ impl fmt::Display for Problem {
         } else {
             write!(
                 f,
-                "SidecarPolicy {:?} {}: {}",
-                self.policy, self.field, self.message
+                "{} {}: {}",
+                crate::cluster::describe(&self.policy),
+                self.field,
+                self.message
             )
         }
     }
@@ -71,8 +74,10 @@ impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "SidecarPolicy {:?} {}: {}",
-            self.policy, self.field, self.message
+            "{} {}: {}",
+            crate::cluster::describe(&self.policy),
+            self.field,
+            self.message
         )
     }
 }

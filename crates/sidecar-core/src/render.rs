@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use sidecar_api::{INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
+use sidecar_api::{ClusterSidecarPolicy, INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
 
+use crate::cluster::{self, Exclusions, NamespaceLabels};
 use crate::facts::{DeploymentFacts, PodFacts};
 use crate::revision;
 
@@ -117,8 +118,13 @@ impl Plan {
 
 impl Prepared {
     fn new(policy: &SidecarPolicy, guardrails: &Guardrails) -> Self {
+        Prepared::with_problems(policy, guardrails, Vec::new())
+    }
+
+    /// Prepared with `problems` found beyond the policy's spec (a ClusterSidecarPolicy's).
+    fn with_problems(policy: &SidecarPolicy, guardrails: &Guardrails, mut problems: Vec<Problem>) -> Self {
         let name = policy.metadata.name.as_deref().unwrap_or_default();
-        let mut problems = validate::problems(policy, name);
+        problems.extend(validate::problems(policy, name));
         problems.extend(guardrails.check(policy, name));
         Prepared {
             revision: revision::of(policy),
@@ -138,6 +144,34 @@ impl PolicySet {
             .map(|policy| Prepared::new(policy, guardrails))
             .collect();
         PolicySet { policies }
+    }
+
+    /// The policies that apply in `namespace`: its own SidecarPolicies (those of other
+    /// namespaces are left out) and the ClusterSidecarPolicies that select it (see
+    /// [`cluster::selects`]), each named by its key (see [`crate::cluster`]).
+    pub fn for_namespace(
+        namespace: &NamespaceLabels,
+        policies: &[SidecarPolicy],
+        cluster_policies: &[ClusterSidecarPolicy],
+        exclusions: &Exclusions,
+        guardrails: &Guardrails,
+    ) -> Self {
+        let mut prepared: Vec<Prepared> = policies
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.name.as_str()))
+            .map(|p| Prepared::new(p, guardrails))
+            .collect();
+        for policy in cluster_policies {
+            let problems = match cluster::selects(policy, namespace, exclusions) {
+                Ok(false) => continue,
+                Ok(true) => cluster::problems(policy),
+                Err(problem) => vec![problem],
+            };
+            let converted = cluster::in_namespace(policy, &namespace.name);
+            prepared.push(Prepared::with_problems(&converted, guardrails, problems));
+        }
+        prepared.sort_by(|a, b| injection_order(&a.policy).cmp(&injection_order(&b.policy)));
+        PolicySet { policies: prepared }
     }
 
     /// This set as one Deployment of a staged rollout sees it: each policy named in `pins` as it
@@ -302,9 +336,12 @@ fn sort(policies: &mut [&SidecarPolicy]) {
     policies.sort_by(|a, b| injection_order(a).cmp(&injection_order(b)));
 }
 
-/// Where a policy goes in injection order: by `spec.order`, then by name.
-fn injection_order(policy: &SidecarPolicy) -> (i32, &Option<String>) {
-    (policy.spec.order, &policy.metadata.name)
+/// Where a policy goes in injection order: by `spec.order`, then ClusterSidecarPolicies before
+/// SidecarPolicies (the platform's sidecars start first and stop last), then by name.
+fn injection_order(policy: &SidecarPolicy) -> (i32, bool, &Option<String>) {
+    let name = &policy.metadata.name;
+    let namespaced = name.as_deref().and_then(cluster::cluster_name).is_none();
+    (policy.spec.order, namespaced, name)
 }
 
 /// Whether the Deployment's owner opted out with `sidecar.dev/inject: "false"`.

@@ -272,6 +272,7 @@ pub fn from_summary(
 
     SidecarPolicyStatus {
         observed_generation: generation,
+        matched_namespaces: None,
         current_revision: set.revision(name).map(str::to_owned),
         matched_deployments: matched,
         up_to_date_deployments: up_to_date,

@@ -41,8 +41,25 @@ pub enum Command {
         Logs go to standard error; RUST_LOG sets the filter (default `info`)."
     )]
     Run(RunArgs),
-    /// Print the SidecarPolicy CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (`crds/` holds their checked-in output).
+    Crd(CrdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Which kind's CRD to print.
+    #[arg(long, value_enum, default_value_t = CrdKind::SidecarPolicy)]
+    pub kind: CrdKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrdKind {
+    /// `sidecarpolicies.sidecar.dev` (namespaced).
+    #[value(name = "SidecarPolicy")]
+    SidecarPolicy,
+    /// `clustersidecarpolicies.sidecar.dev` (cluster-scoped).
+    #[value(name = "ClusterSidecarPolicy")]
+    ClusterSidecarPolicy,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,15 @@
-//! The CustomResourceDefinition, generated from the Rust types. `crds/sidecarpolicy.yaml` is its
-//! checked-in output; a test fails when the two differ.
+//! The CustomResourceDefinitions, generated from the Rust types. `crds/sidecarpolicy.yaml` and
+//! `crds/clustersidecarpolicy.yaml` are their checked-in output; a test fails when they differ.
 
 use kube::CustomResourceExt;
-use sidecar_api::SidecarPolicy;
+use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
 
+/// The SidecarPolicy CRD as YAML.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     serde_norway::to_string(&SidecarPolicy::crd())
+}
+
+/// The ClusterSidecarPolicy CRD as YAML.
+pub fn cluster_crd_yaml() -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(&ClusterSidecarPolicy::crd())
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use sidecar_operator::cli::{Cli, Command, LogFormat, RunArgs};
+use sidecar_operator::cli::{Cli, Command, CrdKind, LogFormat, RunArgs};
 
 use sidecar_operator::controller::{self, Scope};
 use sidecar_operator::leader::{self, Election};
@@ -45,10 +45,16 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Run(args) => run(&args),
-        Command::Crd => match crd::crd_yaml() {
-            Ok(yaml) => print(&yaml),
-            Err(e) => fail(&e),
-        },
+        Command::Crd(args) => {
+            let yaml = match args.kind {
+                CrdKind::SidecarPolicy => crd::crd_yaml(),
+                CrdKind::ClusterSidecarPolicy => crd::cluster_crd_yaml(),
+            };
+            match yaml {
+                Ok(yaml) => print(&yaml),
+                Err(e) => fail(&e),
+            }
+        }
     }
 }
 
