@@ -311,7 +311,13 @@ fn base_installs_the_operator_and_nothing_else() {
     kinds.sort();
     let expected = [
         ("ClusterRole", "sidecar-operator"),
+        ("ClusterRole", "sidecar-operator-cluster"),
+        ("ClusterRole", "sidecar-operator-cluster-policy-admin"),
+        ("ClusterRole", "sidecar-operator-edit"),
+        ("ClusterRole", "sidecar-operator-view"),
         ("ClusterRoleBinding", "sidecar-operator"),
+        ("ClusterRoleBinding", "sidecar-operator-cluster"),
+        ("CustomResourceDefinition", "clustersidecarpolicies.sidecar.dev"),
         ("CustomResourceDefinition", "sidecarpolicies.sidecar.dev"),
         ("Deployment", "sidecar-operator"),
         ("Namespace", "sidecar-system"),
@@ -355,19 +361,23 @@ fn base_installs_the_operator_and_nothing_else() {
 }
 
 #[test]
-fn base_ships_the_crd_the_rust_types_generate() {
-    let generated: Value = serde_norway::from_str(&sidecar_operator::crd::crd_yaml().unwrap()).unwrap();
+fn base_ships_the_crds_the_rust_types_generate() {
     let objects = base();
-    let shipped = find(
-        &objects,
-        "CustomResourceDefinition",
-        "sidecarpolicies.sidecar.dev",
-    );
-    let difference = first_difference(&shipped["spec"], &generated["spec"], ".spec");
-    assert_eq!(
-        difference, None,
-        "the CRD in deploy/base differs from `sidecar-operator crd`"
-    );
+    for (yaml, name) in [
+        (sidecar_operator::crd::crd_yaml(), "sidecarpolicies.sidecar.dev"),
+        (
+            sidecar_operator::crd::cluster_crd_yaml(),
+            "clustersidecarpolicies.sidecar.dev",
+        ),
+    ] {
+        let generated: Value = serde_norway::from_str(&yaml.unwrap()).unwrap();
+        let shipped = find(&objects, "CustomResourceDefinition", name);
+        let difference = first_difference(&shipped["spec"], &generated["spec"], ".spec");
+        assert_eq!(
+            difference, None,
+            "the CRD {name} in deploy/base differs from `sidecar-operator crd`"
+        );
+    }
 }
 
 /// One RBAC grant: API group, resource, resource names, verbs.
@@ -405,8 +415,10 @@ fn rbac_is_the_documented_least_privilege() {
     let objects = base();
     let cluster_role: ClusterRole = typed(find(&objects, "ClusterRole", "sidecar-operator"));
     let role: Role = typed(find(&objects, "Role", "sidecar-operator-leader-election"));
+    let cluster_only: ClusterRole = typed(find(&objects, "ClusterRole", "sidecar-operator-cluster"));
     let cluster_wide = grants(cluster_role.rules.as_deref().unwrap_or_default());
     let in_own_namespace = grants(role.rules.as_deref().unwrap_or_default());
+    let for_cluster_policies = grants(cluster_only.rules.as_deref().unwrap_or_default());
 
     assert_eq!(
         cluster_wide,
@@ -423,6 +435,14 @@ fn rbac_is_the_documented_least_privilege() {
             grant("events.k8s.io", "events", &[], &["create"]),
         ]
     );
+    assert_eq!(
+        for_cluster_policies,
+        [
+            grant("sidecar.dev", "clustersidecarpolicies", &[], &["list", "watch"]),
+            grant("sidecar.dev", "clustersidecarpolicies/status", &[], &["patch"]),
+            grant("", "namespaces", &[], &["list", "watch"]),
+        ]
+    );
     // The Lease is the only thing granted by name, and only in the operator's own namespace.
     let lease = run_args(&objects).leader_election_lease;
     assert_eq!(
@@ -436,7 +456,11 @@ fn rbac_is_the_documented_least_privilege() {
     // docs/operations.md lists each grant as a table row: `group` `resource` | verbs | why.
     let docs =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md")).unwrap();
-    for (group, resource, names, verbs) in cluster_wide.iter().chain(&in_own_namespace) {
+    for (group, resource, names, verbs) in cluster_wide
+        .iter()
+        .chain(&in_own_namespace)
+        .chain(&for_cluster_policies)
+    {
         let names: String = names.iter().map(|n| format!(" `{n}`")).collect();
         let start = format!("| `{group}` `{resource}`{names} |");
         let row = docs
@@ -481,6 +505,44 @@ fn bindings_grant_the_roles_to_the_operator_only() {
                 account.metadata.namespace.as_deref()
             );
         }
+    }
+}
+
+#[test]
+fn namespace_roles_may_write_sidecar_policies_and_only_cluster_roles_cluster_policies() {
+    let objects = base();
+    for (name, aggregated_to) in [
+        ("sidecar-operator-edit", &["admin", "edit"][..]),
+        ("sidecar-operator-view", &["view"][..]),
+    ] {
+        let role: ClusterRole = typed(find(&objects, "ClusterRole", name));
+        let labels = role.metadata.labels.unwrap_or_default();
+        for target in aggregated_to {
+            let key = format!("rbac.authorization.k8s.io/aggregate-to-{target}");
+            assert_eq!(labels.get(&key).map(String::as_str), Some("true"), "{name}: {key}");
+        }
+        for (group, resource, _, _) in grants(role.rules.as_deref().unwrap_or_default()) {
+            assert_eq!(group, "sidecar.dev");
+            assert!(resource.starts_with("sidecarpolicies"), "{name} grants {resource}");
+        }
+    }
+    // Nothing aggregates ClusterSidecarPolicies into a namespace role.
+    for object in objects.iter().filter(|o| o["kind"] == "ClusterRole") {
+        let role: ClusterRole = typed(object);
+        let aggregated = role
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .keys()
+            .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"));
+        let cluster_policies = grants(role.rules.as_deref().unwrap_or_default())
+            .iter()
+            .any(|(_, resource, _, _)| resource.starts_with("clustersidecarpolicies"));
+        assert!(
+            !(aggregated && cluster_policies),
+            "{:?} aggregates ClusterSidecarPolicies into a namespace role",
+            role.metadata.name
+        );
     }
 }
 

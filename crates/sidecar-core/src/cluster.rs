@@ -127,11 +127,20 @@ pub fn in_namespace(policy: &ClusterSidecarPolicy, namespace: &str) -> SidecarPo
     }
 }
 
-/// What a ClusterSidecarPolicy asks for that only a SidecarPolicy supports (the CRD schema
-/// rejects it too; `render` has no API server to do so).
+/// What is wrong with a ClusterSidecarPolicy beyond its SidecarPolicy spec: an invalid
+/// namespaceSelector, and what only a SidecarPolicy supports (the CRD schema rejects it too;
+/// `render` has no API server to do so).
 pub fn problems(policy: &ClusterSidecarPolicy) -> Vec<Problem> {
     let key = key(policy.metadata.name.as_deref().unwrap_or_default());
     let mut problems = Vec::new();
+    if let Err(e) = selector::validate(&policy.spec.namespace_selector) {
+        problems.push(Problem {
+            kind: ProblemKind::Invalid,
+            policy: key.clone(),
+            field: format!("spec.namespaceSelector.{}", e.field()),
+            message: e.to_string(),
+        });
+    }
     if policy.spec.policy.rollout.is_some() {
         problems.push(Problem {
             kind: ProblemKind::Invalid,

@@ -338,6 +338,42 @@ impl OutcomeIndex {
     }
 
     /// Every Deployment of every namespace with a recorded outcome, as (namespace, name).
+    /// Every Deployment, as (namespace, name), whose outcome involves `policy` in any namespace
+    /// (a ClusterSidecarPolicy's key).
+    pub fn involving_anywhere<'a>(&'a self, policy: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.tallies
+            .iter()
+            .filter(move |((_, p), _)| p == policy)
+            .flat_map(|((ns, _), tally)| tally.involved.iter().map(move |name| (ns.as_str(), name.as_str())))
+    }
+
+    /// What the outcomes in every namespace say about `policy` (a ClusterSidecarPolicy's key),
+    /// whose current revision is `revision`; lines name Deployments as `namespace/name`.
+    pub fn summary_across(&self, policy: &str, revision: &str) -> Summary {
+        let mut namespaces: Vec<&str> = self
+            .tallies
+            .keys()
+            .filter(|(_, p)| p == policy)
+            .map(|(ns, _)| ns.as_str())
+            .collect();
+        namespaces.sort_unstable();
+        let mut summary = Summary::default();
+        for namespace in namespaces {
+            let Some(tally) = self.tallies.get(&(namespace.to_owned(), policy.to_owned())) else {
+                continue;
+            };
+            summary.matched += tally.matched;
+            summary.held += tally.held;
+            summary.up_to_date += tally.applied.get(revision).copied().unwrap_or(0);
+            for name in &tally.troubled {
+                if let Some(outcome) = self.get(namespace, name) {
+                    summary.add_problems(policy, &format!("{namespace}/{name}"), outcome);
+                }
+            }
+        }
+        summary
+    }
+
     pub fn deployments(&self) -> impl Iterator<Item = (&str, &str)> {
         self.outcomes
             .iter()

@@ -162,16 +162,25 @@ impl PolicySet {
             .map(|p| Prepared::new(p, guardrails))
             .collect();
         for policy in cluster_policies {
-            let problems = match cluster::selects(policy, namespace, exclusions) {
-                Ok(false) => continue,
-                Ok(true) => cluster::problems(policy),
-                Err(problem) => vec![problem],
-            };
+            // An invalid namespaceSelector selects every namespace: cluster::problems names it.
+            if cluster::selects(policy, namespace, exclusions) == Ok(false) {
+                continue;
+            }
+            let problems = cluster::problems(policy);
             let converted = cluster::in_namespace(policy, &namespace.name);
             prepared.push(Prepared::with_problems(&converted, guardrails, problems));
         }
         prepared.sort_by(|a, b| injection_order(&a.policy).cmp(&injection_order(&b.policy)));
         PolicySet { policies: prepared }
+    }
+
+    /// ClusterSidecarPolicy `policy` alone, named by its key: what its status reads (its
+    /// problems on its own, warnings and revision), independent of any namespace.
+    pub fn for_cluster_policy(policy: &ClusterSidecarPolicy, guardrails: &Guardrails) -> Self {
+        let converted = cluster::in_namespace(policy, "");
+        PolicySet {
+            policies: vec![Prepared::with_problems(&converted, guardrails, cluster::problems(policy))],
+        }
     }
 
     /// This set as one Deployment of a staged rollout sees it: each policy named in `pins` as it

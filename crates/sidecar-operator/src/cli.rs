@@ -68,6 +68,15 @@ pub struct RunArgs {
     #[arg(long = "namespace", short = 'n', value_name = "NAMESPACE")]
     pub namespaces: Vec<String>,
 
+    /// A namespace where no ClusterSidecarPolicy ever injects, whatever its namespaceSelector;
+    /// repeat for several. The operator's own namespace (`POD_NAMESPACE`) is always added.
+    #[arg(
+        long = "exclude-namespace",
+        value_name = "NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub exclude_namespaces: Vec<String>,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

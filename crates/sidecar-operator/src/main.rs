@@ -8,6 +8,7 @@ use sidecar_operator::cli::{Cli, Command, CrdKind, LogFormat, RunArgs};
 
 use sidecar_operator::controller::{self, Scope};
 use sidecar_operator::leader::{self, Election};
+use sidecar_core::cluster::Exclusions;
 use sidecar_operator::{crd, http, render_cmd};
 
 /// Exit codes, as documented in `render --help`.
@@ -106,6 +107,9 @@ fn run(args: &RunArgs) -> ExitCode {
         } else {
             args.namespaces.iter().map(|ns| Some(ns.as_str())).collect()
         };
+        let mut excluded = args.exclude_namespaces.clone();
+        excluded.extend(std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
+        let exclusions = Exclusions::new(excluded);
         let mut scopes = Vec::new();
         for namespace in namespaces {
             scopes.push(
@@ -116,6 +120,7 @@ fn run(args: &RunArgs) -> ExitCode {
                     health.metrics.clone(),
                     args.concurrency,
                     Duration::from_secs(args.max_hold_seconds),
+                    exclusions.clone(),
                 )
                 .await,
             );

@@ -436,6 +436,7 @@ async fn an_old_server_gets_no_writes() {
         deployments: deployments.clone(),
         policies,
         revisions,
+        cluster: None,
     };
     let ctx = std::sync::Arc::new(
         Context::new(

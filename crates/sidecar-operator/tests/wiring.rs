@@ -234,6 +234,7 @@ async fn caches_filled_after_a_reconcile_looked_make_the_context_ready() {
         deployments,
         policies,
         revisions,
+        cluster: None,
     };
     let ctx = Arc::new(Context::new(
         kube::Client::new(service, "default"),

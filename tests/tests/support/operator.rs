@@ -1,4 +1,5 @@
-//! The operator run in-process by an e2e test, for one namespace, as `sidecar-operator run -n NS`.
+//! The operator run in-process by an e2e test, for one namespace as `sidecar-operator run -n NS`,
+//! or for all.
 
 #![allow(dead_code)]
 
@@ -7,6 +8,7 @@ use kube::Client;
 use kube::api::Api;
 use serde_json::json;
 use sidecar_core::Guardrails;
+use sidecar_core::cluster::Exclusions;
 use sidecar_operator::controller;
 
 /// Guardrails that allow every privileged ask the examples make.
@@ -27,6 +29,16 @@ pub async fn start_operator(
     namespace: &str,
     guardrails: Guardrails,
 ) -> tokio::task::JoinHandle<()> {
+    start(client, Some(namespace), guardrails).await
+}
+
+/// Starts the operator for every namespace (with ClusterSidecarPolicies), as `sidecar-operator
+/// run` without `-n`; abort the handle to stop it.
+pub async fn start_cluster_wide(client: &Client, guardrails: Guardrails) -> tokio::task::JoinHandle<()> {
+    start(client, None, guardrails).await
+}
+
+async fn start(client: &Client, namespace: Option<&str>, guardrails: Guardrails) -> tokio::task::JoinHandle<()> {
     // The operator's logs go with the test's output (RUST_LOG filters; default info).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -34,13 +46,19 @@ pub async fn start_operator(
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+    let exclusions = Exclusions::new(
+        controller::DEFAULT_EXCLUDED_NAMESPACES
+            .iter()
+            .map(|&ns| ns.to_owned()),
+    );
     let scope = controller::Scope::new(
         client.clone(),
-        Some(namespace),
+        namespace,
         guardrails,
         Default::default(),
         controller::DEFAULT_CONCURRENCY,
         controller::DEFAULT_MAX_HOLD,
+        exclusions,
     )
     .await;
     tokio::spawn(scope.run())

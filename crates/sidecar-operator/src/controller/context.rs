@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use sidecar_api::SidecarPolicyStatus;
 use sidecar_core::Guardrails;
+use sidecar_core::cluster::{self, Exclusions, NamespaceLabels};
 use sidecar_core::outcome::{Outcome, OutcomeIndex};
 
-use super::GuardedPolicy;
+use super::{GuardedClusterPolicy, GuardedPolicy};
 use super::events::Events;
 use super::policy_sets::{NamespacePolicies, PolicySets};
 use super::rollouts::Rollouts;
@@ -26,6 +29,9 @@ pub const CACHE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Default of `--max-hold`: how long a Deployment held at admission may wait for a render that
 /// keeps failing before it is released without its sidecars.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(120);
+/// Default of `--exclude-namespace`: where no ClusterSidecarPolicy ever injects (the operator's
+/// own namespace is added at start).
+pub const DEFAULT_EXCLUDED_NAMESPACES: &[&str] = &["kube-system"];
 /// How often [`Context::wait_until_filled`] looks at the caches.
 const FILLED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -36,6 +42,31 @@ pub struct Caches {
     pub policies: Store<GuardedPolicy>,
     /// The policies' ControllerRevisions (those labelled `sidecar.dev/policy`).
     pub revisions: Store<ControllerRevision>,
+    /// ClusterSidecarPolicies and Namespaces: watched only when the operator watches every
+    /// namespace (a namespaced install has no right to either).
+    pub cluster: Option<ClusterCaches>,
+}
+
+/// What ClusterSidecarPolicies need: the policies, and the labels of every namespace.
+#[derive(Clone, Debug)]
+pub struct ClusterCaches {
+    pub policies: Store<GuardedClusterPolicy>,
+    /// Metadata only: a namespace's labels are all a namespaceSelector reads.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+}
+
+/// A policy of either kind as the bookkeeping names it: a SidecarPolicy by (namespace, name), a
+/// ClusterSidecarPolicy by ("", its key; see `sidecar_core::cluster`).
+pub type PolicyId = (String, String);
+
+/// The [`PolicyId`] of a SidecarPolicy.
+pub fn policy_id(policy: &ObjectRef<GuardedPolicy>) -> PolicyId {
+    (policy.namespace.clone().unwrap_or_default(), policy.name.clone())
+}
+
+/// The [`PolicyId`] of a ClusterSidecarPolicy.
+pub fn cluster_policy_id(name: &str) -> PolicyId {
+    (String::new(), cluster::key(name))
 }
 
 /// The receiving ends of the triggers the controllers run on.
@@ -43,29 +74,39 @@ pub struct Caches {
 pub struct TriggerStreams {
     pub deployments: UnboundedReceiver<ObjectRef<DeploymentView>>,
     pub policies: UnboundedReceiver<ObjectRef<GuardedPolicy>>,
+    pub cluster_policies: UnboundedReceiver<ObjectRef<GuardedClusterPolicy>>,
 }
 
-/// Sends reconcile triggers to the two controllers.
+/// Sends reconcile triggers to the controllers.
 #[derive(Clone, Debug)]
 pub struct Triggers {
     deployments: UnboundedSender<ObjectRef<DeploymentView>>,
     policies: UnboundedSender<ObjectRef<GuardedPolicy>>,
+    cluster_policies: UnboundedSender<ObjectRef<GuardedClusterPolicy>>,
 }
 
 impl Triggers {
     pub fn new() -> (Self, TriggerStreams) {
         let (deployments, deployment_stream) = unbounded();
         let (policies, policy_stream) = unbounded();
+        let (cluster_policies, cluster_policy_stream) = unbounded();
         (
             Triggers {
                 deployments,
                 policies,
+                cluster_policies,
             },
             TriggerStreams {
                 deployments: deployment_stream,
                 policies: policy_stream,
+                cluster_policies: cluster_policy_stream,
             },
         )
+    }
+
+    /// The status of ClusterSidecarPolicy `name`.
+    pub fn cluster_policy(&self, name: &str) {
+        let _ = self.cluster_policies.unbounded_send(ObjectRef::new(name));
     }
 
     pub fn deployment(&self, namespace: &str, name: &str) {
@@ -115,6 +156,8 @@ pub struct Context {
     pub unsupported_server: Option<String>,
     pub metrics: Arc<Metrics>,
     pub triggers: Triggers,
+    /// Namespaces no ClusterSidecarPolicy selects.
+    pub exclusions: Exclusions,
     pub policy_sets: PolicySets,
     /// The staged rollouts under way.
     pub rollouts: Rollouts,
@@ -122,10 +165,10 @@ pub struct Context {
     written: Mutex<HashMap<ObjectRef<DeploymentView>, Written>>,
     /// Consecutive failures per object, for exponential backoff.
     deployment_failures: Mutex<HashMap<ObjectRef<DeploymentView>, u32>>,
-    policy_failures: Mutex<HashMap<ObjectRef<GuardedPolicy>, u32>>,
+    policy_failures: Mutex<HashMap<PolicyId, u32>>,
     /// Each policy's status as last written, and when: the cache may not show it yet, and
     /// progress is written at most once per interval.
-    status_written: Mutex<HashMap<ObjectRef<GuardedPolicy>, (SidecarPolicyStatus, Instant)>>,
+    status_written: Mutex<HashMap<PolicyId, (SidecarPolicyStatus, Instant)>>,
     /// Revision writes the revision cache may not show yet, by (namespace, policy, hash): the
     /// number written, or `None` for a deletion.
     revisions_written: Mutex<HashMap<(String, String, String), Option<i64>>>,
@@ -160,6 +203,7 @@ impl Context {
             unsupported_server: None,
             metrics,
             triggers,
+            exclusions: Exclusions::new(DEFAULT_EXCLUDED_NAMESPACES.iter().map(|&ns| ns.to_owned())),
             policy_sets: PolicySets::default(),
             rollouts: Rollouts::default(),
             outcomes: Mutex::default(),
@@ -171,6 +215,12 @@ impl Context {
             held_since: Mutex::default(),
             max_hold: DEFAULT_MAX_HOLD,
         }
+    }
+
+    /// Sets the namespaces no ClusterSidecarPolicy selects.
+    pub fn with_exclusions(mut self, exclusions: Exclusions) -> Self {
+        self.exclusions = exclusions;
+        self
     }
 
     /// Sets how long a held Deployment may wait for a render that keeps failing.
@@ -202,9 +252,14 @@ impl Context {
     /// sidecars, so a reconcile that finds one unfilled is requeued rather than waiting.
     pub fn caches_filled(&self) -> bool {
         let filled = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
+        let cluster_filled = self.caches.cluster.as_ref().is_none_or(|cluster| {
+            filled(cluster.policies.wait_until_ready().now_or_never())
+                && filled(cluster.namespaces.wait_until_ready().now_or_never())
+        });
         filled(self.caches.policies.wait_until_ready().now_or_never())
             && filled(self.caches.deployments.wait_until_ready().now_or_never())
             && filled(self.caches.revisions.wait_until_ready().now_or_never())
+            && cluster_filled
     }
 
     /// Resolves once every cache is filled.
@@ -218,10 +273,35 @@ impl Context {
         }
     }
 
-    /// The prepared policies of `namespace`.
+    /// The prepared policies of `namespace`: its SidecarPolicies and the ClusterSidecarPolicies
+    /// that select it.
     pub fn namespace_policies(&self, namespace: &str) -> Arc<NamespacePolicies> {
-        self.policy_sets
-            .get(namespace, &self.caches.policies, &self.guardrails)
+        self.policy_sets.get(namespace, || {
+            let labels = self.namespace_labels(namespace);
+            let cluster_policies = self
+                .caches
+                .cluster
+                .as_ref()
+                .map(|c| c.policies.state())
+                .unwrap_or_default();
+            NamespacePolicies::build(
+                &labels,
+                &self.caches.policies.state(),
+                &cluster_policies,
+                &self.exclusions,
+                &self.guardrails,
+            )
+        })
+    }
+
+    /// The labels of `namespace` from the namespace cache (only its name label when it is not
+    /// cached: created a moment ago, or not watched).
+    pub fn namespace_labels(&self, namespace: &str) -> NamespaceLabels {
+        self.caches
+            .cluster
+            .as_ref()
+            .and_then(|c| c.namespaces.get(&ObjectRef::new(namespace)))
+            .map_or_else(|| NamespaceLabels::named(namespace), |ns| NamespaceLabels::of(&ns.metadata))
     }
 
     /// Records the outcome of a Deployment reconcile and triggers the status of every policy
@@ -288,10 +368,22 @@ impl Context {
         lock(&self.outcomes)
     }
 
-    /// Triggers the status of `policies` of `namespace` that still exist (a deleted policy's
-    /// Deployments are forgotten one by one; it has no status left to write).
+    /// Triggers the status of `policies` (keys, see `sidecar_core::cluster`) involved in
+    /// `namespace` that still exist (a deleted policy's Deployments are forgotten one by one; it
+    /// has no status left to write).
     fn trigger_policies(&self, namespace: &str, policies: &BTreeSet<String>) {
         for policy in policies {
+            if let Some(name) = cluster::cluster_name(policy) {
+                let exists = self
+                    .caches
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.policies.get(&ObjectRef::new(name)).is_some());
+                if exists {
+                    self.triggers.cluster_policy(name);
+                }
+                continue;
+            }
             let exists = self
                 .caches
                 .policies
@@ -307,6 +399,16 @@ impl Context {
         for policy in self.caches.policies.state() {
             if let (Some(namespace), Some(name)) = (&policy.meta().namespace, &policy.meta().name) {
                 self.triggers.policy(namespace, name);
+            }
+        }
+        self.trigger_all_cluster_policies();
+    }
+
+    /// Triggers the status of every ClusterSidecarPolicy.
+    pub fn trigger_all_cluster_policies(&self) {
+        if let Some(cluster) = &self.caches.cluster {
+            for policy in cluster.policies.state() {
+                self.triggers.cluster_policy(&policy.name_any());
             }
         }
     }
@@ -356,32 +458,36 @@ impl Context {
     }
 
     /// Counts a failure of `policy` and returns how many in a row it has had.
-    pub(crate) fn policy_failed(&self, policy: ObjectRef<GuardedPolicy>) -> u32 {
+    pub(crate) fn policy_failed(&self, policy: PolicyId) -> u32 {
         count_failure(&self.policy_failures, policy)
     }
 
-    pub(crate) fn policy_succeeded(&self, policy: &ObjectRef<GuardedPolicy>) {
+    pub(crate) fn policy_succeeded(&self, policy: &PolicyId) {
         lock(&self.policy_failures).remove(policy);
     }
 
     /// The status this process last wrote for `policy` (its cached copy may be older), and how
     /// long ago.
-    pub(crate) fn written_status(
-        &self,
-        policy: &ObjectRef<GuardedPolicy>,
-    ) -> Option<(SidecarPolicyStatus, Duration)> {
+    pub(crate) fn written_status(&self, policy: &PolicyId) -> Option<(SidecarPolicyStatus, Duration)> {
         lock(&self.status_written)
             .get(policy)
             .map(|(status, at)| (status.clone(), at.elapsed()))
     }
 
-    pub(crate) fn status_was_written(&self, policy: ObjectRef<GuardedPolicy>, status: SidecarPolicyStatus) {
+    pub(crate) fn status_was_written(&self, policy: PolicyId, status: SidecarPolicyStatus) {
         lock(&self.status_written).insert(policy, (status, Instant::now()));
+    }
+
+    /// Forgets the bookkeeping of a deleted ClusterSidecarPolicy.
+    pub fn forget_cluster_policy(&self, name: &str) {
+        let key = cluster_policy_id(name);
+        lock(&self.status_written).remove(&key);
+        lock(&self.policy_failures).remove(&key);
     }
 
     /// Forgets the bookkeeping of a deleted policy.
     pub fn forget_policy(&self, namespace: &str, name: &str) {
-        let key = ObjectRef::new(name).within(namespace);
+        let key = (namespace.to_owned(), name.to_owned());
         lock(&self.status_written).remove(&key);
         lock(&self.policy_failures).remove(&key);
         self.rollouts.forget(namespace, name);

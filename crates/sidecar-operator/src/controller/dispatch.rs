@@ -7,6 +7,12 @@
 //!   or started decoding invalidates its namespace's prepared policies, and triggers the
 //!   Deployments it selects now or whose last outcome involves it (they carry it, or were refused
 //!   because of it), and its own status. Status writes change no generation and trigger nothing.
+//! - A ClusterSidecarPolicy that changed the same way invalidates every namespace's prepared
+//!   policies and triggers the Deployments it selects now or whose last outcome involves it, in
+//!   every namespace, and its own status.
+//! - A Namespace whose labels changed invalidates its prepared policies and, if any
+//!   ClusterSidecarPolicy exists, triggers its Deployments (a namespaceSelector may now select
+//!   it, or no longer) and every ClusterSidecarPolicy's status (its matched namespaces).
 //! - A deleted Deployment is forgotten by the outcome index, which triggers its policies' status.
 //! - A relist (the watch restarted) is compared with what was seen before: changed objects are
 //!   treated as changed, missing ones as deleted.
@@ -14,16 +20,19 @@
 //! kube's shared-stream subscribers would dispatch applied objects, but not deletions, and they
 //! stall if an object is deleted between dispatch and poll; dispatching here covers both.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 use sidecar_api::POLICY_LABEL;
-use sidecar_core::selector;
+use sidecar_core::{cluster, selector};
 
-use super::GuardedPolicy;
+use super::{GuardedClusterPolicy, GuardedPolicy};
 use super::context::Context;
 use super::view::DeploymentView;
 
@@ -37,7 +46,7 @@ struct PolicyKey {
 }
 
 impl PolicyKey {
-    fn of(policy: &GuardedPolicy) -> Self {
+    fn of<K: Resource>(policy: &DeserializeGuard<K>) -> Self {
         PolicyKey {
             uid: policy.uid(),
             generation: policy.meta().generation,
@@ -53,6 +62,9 @@ pub struct Dispatch {
     /// The content hash of every Deployment seen, by (namespace, name).
     deployments: Mutex<HashMap<(String, String), u64>>,
     policies: Mutex<HashMap<(String, String), PolicyKey>>,
+    cluster_policies: Mutex<HashMap<String, PolicyKey>>,
+    /// The labels of every namespace seen.
+    namespaces: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
 
 impl Dispatch {
@@ -61,6 +73,8 @@ impl Dispatch {
             ctx,
             deployments: Mutex::default(),
             policies: Mutex::default(),
+            cluster_policies: Mutex::default(),
+            namespaces: Mutex::default(),
         }
     }
 
@@ -169,6 +183,148 @@ impl Dispatch {
         for deployment in targets {
             self.ctx.triggers.deployment(namespace, &deployment);
         }
+    }
+
+    pub fn cluster_policy_event(&self, event: &Event<GuardedClusterPolicy>) {
+        match event {
+            Event::Apply(policy) => self.cluster_policy_seen(policy),
+            Event::Delete(policy) => self.cluster_policy_gone(&policy.name_any(), Some(policy)),
+            Event::InitDone => {
+                self.ctx.policy_sets.invalidate_all();
+                let listed = self
+                    .ctx
+                    .caches
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.policies.state())
+                    .unwrap_or_default();
+                let mut gone = lock(&self.cluster_policies).clone();
+                for policy in &listed {
+                    gone.remove(&policy.name_any());
+                    self.cluster_policy_seen(policy);
+                }
+                for name in gone.keys() {
+                    self.cluster_policy_gone(name, None);
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+
+    fn cluster_policy_seen(&self, policy: &GuardedClusterPolicy) {
+        let now = PolicyKey::of(policy);
+        let name = policy.name_any();
+        let previous = lock(&self.cluster_policies).insert(name.clone(), now.clone());
+        if previous.as_ref() == Some(&now) {
+            return;
+        }
+        self.ctx.policy_sets.invalidate_all();
+        self.trigger_involved_anywhere(&name, Some(policy));
+        self.ctx.triggers.cluster_policy(&name);
+    }
+
+    fn cluster_policy_gone(&self, name: &str, policy: Option<&GuardedClusterPolicy>) {
+        lock(&self.cluster_policies).remove(name);
+        self.ctx.policy_sets.invalidate_all();
+        self.trigger_involved_anywhere(name, policy);
+        self.ctx.forget_cluster_policy(name);
+    }
+
+    /// Triggers the Deployments a change to ClusterSidecarPolicy `name` may affect, in every
+    /// namespace: those whose last outcome involves it, and those `policy` selects (every one
+    /// of a namespace the operator may touch if it does not decode).
+    fn trigger_involved_anywhere(&self, name: &str, policy: Option<&GuardedClusterPolicy>) {
+        let key = cluster::key(name);
+        let mut targets: Vec<(String, String)> = self
+            .ctx
+            .outcomes()
+            .involving_anywhere(&key)
+            .map(|(ns, d)| (ns.to_owned(), d.to_owned()))
+            .collect();
+        if let Some(policy) = policy {
+            let mut namespaces: HashMap<String, bool> = HashMap::new();
+            for view in self.ctx.caches.deployments.state() {
+                let namespace = view.namespace();
+                let in_namespace = *namespaces.entry(namespace.to_owned()).or_insert_with(|| {
+                    let labels = self.ctx.namespace_labels(namespace);
+                    match &policy.0 {
+                        Ok(policy) => cluster::selects(policy, &labels, &self.ctx.exclusions).unwrap_or(true),
+                        Err(_) => !self.ctx.exclusions.contains(namespace),
+                    }
+                });
+                let selects = in_namespace
+                    && match &policy.0 {
+                        Ok(policy) => {
+                            selector::matches(&policy.spec.policy.selector, &view.labels).unwrap_or(true)
+                        }
+                        Err(_) => true,
+                    };
+                if selects {
+                    targets.push((namespace.to_owned(), view.name().to_owned()));
+                }
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        for (namespace, deployment) in targets {
+            self.ctx.triggers.deployment(&namespace, &deployment);
+        }
+    }
+
+    pub fn namespace_event(&self, event: &Event<PartialObjectMeta<Namespace>>) {
+        match event {
+            Event::Apply(namespace) => self.namespace_seen(namespace),
+            Event::Delete(namespace) => {
+                lock(&self.namespaces).remove(&namespace.name_any());
+                self.ctx.trigger_all_cluster_policies();
+            }
+            Event::InitDone => {
+                let listed = self
+                    .ctx
+                    .caches
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.namespaces.state())
+                    .unwrap_or_default();
+                let mut gone = lock(&self.namespaces).clone();
+                for namespace in &listed {
+                    gone.remove(&namespace.name_any());
+                    self.namespace_seen(namespace);
+                }
+                for name in gone.keys() {
+                    lock(&self.namespaces).remove(name);
+                }
+                if !gone.is_empty() {
+                    self.ctx.trigger_all_cluster_policies();
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+
+    fn namespace_seen(&self, namespace: &PartialObjectMeta<Namespace>) {
+        let name = namespace.name_any();
+        let labels = namespace.metadata.labels.clone().unwrap_or_default();
+        let previous = lock(&self.namespaces).insert(name.clone(), labels.clone());
+        if previous.as_ref() == Some(&labels) {
+            return;
+        }
+        self.ctx.policy_sets.invalidate(&name);
+        let any_cluster_policy = self
+            .ctx
+            .caches
+            .cluster
+            .as_ref()
+            .is_some_and(|c| !c.policies.is_empty());
+        if !any_cluster_policy {
+            return;
+        }
+        for view in self.ctx.caches.deployments.state() {
+            if view.namespace() == name {
+                self.ctx.triggers.deployment(&name, view.name());
+            }
+        }
+        self.ctx.trigger_all_cluster_policies();
     }
 
     /// A deleted ControllerRevision of a policy triggers that policy, which re-creates it if it

@@ -29,6 +29,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("writing the status of ClusterSidecarPolicy {name}: {source}")]
+    WriteClusterStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing ControllerRevision {namespace}/{name} of SidecarPolicy {policy}: {source}")]
     WriteRevision {
         namespace: String,
@@ -54,7 +60,10 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::FieldConflict { .. } => "field_conflict",
-            Error::WriteDeployment { .. } | Error::WriteStatus { .. } | Error::WriteRevision { .. } => "api",
+            Error::WriteDeployment { .. }
+            | Error::WriteStatus { .. }
+            | Error::WriteClusterStatus { .. }
+            | Error::WriteRevision { .. } => "api",
             Error::RevisionMismatch { .. } => "revision_mismatch",
         }
     }

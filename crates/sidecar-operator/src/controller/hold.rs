@@ -62,7 +62,13 @@ pub async fn release(
     why: Release,
 ) -> Result<(), Error> {
     let (namespace, name) = (view.namespace(), view.name());
-    let held_for = view.held_for().unwrap_or_default().join(", ");
+    let held_for = view
+        .held_for()
+        .unwrap_or_default()
+        .iter()
+        .map(|key| sidecar_core::cluster::describe(key))
+        .collect::<Vec<_>>()
+        .join(", ");
     let api: Api<DeploymentView> = Api::namespaced(ctx.client.clone(), namespace);
     let written = match serde_json::from_value(release_patch(generation, view.paused)) {
         Ok(patch) => {
@@ -85,9 +91,9 @@ pub async fn release(
     match why {
         Release::Rendered => info!(%held_for, ?held, "released from the admission hold"),
         Release::NothingSelects => {
-            info!(%held_for, "released from the admission hold: no SidecarPolicy selects it any more");
+            info!(%held_for, "released from the admission hold: no policy selects it any more");
             let note = format!(
-                "released from the admission hold (it was held for SidecarPolicy {held_for}, which no longer selects it)"
+                "released from the admission hold (it was held for {held_for}, which no longer selects it)"
             );
             let report = Report::new(reference, EventType::Normal, "HoldReleased", "Release", note);
             ctx.events.publish(report).await;
@@ -95,7 +101,7 @@ pub async fn release(
         Release::WithoutSidecars { reason, why } => {
             warn!(%held_for, reason, "released from the admission hold without sidecars: {why}");
             let note = format!(
-                "released from the admission hold without the sidecars of SidecarPolicy {held_for}: {why}"
+                "released from the admission hold without the sidecars of {held_for}: {why}"
             );
             let report = Report::new(reference, EventType::Warning, reason, "Release", note);
             ctx.events.publish(report).await;

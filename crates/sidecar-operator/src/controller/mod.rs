@@ -3,8 +3,11 @@
 //! policy is cleaned up without finalizers. A second controller keeps each policy's revision
 //! history and status, aggregated from the Deployments' recorded outcomes.
 //!
-//! Each kind is watched once (Deployments, SidecarPolicies, and the policies'
-//! ControllerRevisions); both controllers read the same caches. Every watch event goes through
+//! Each kind is watched once (Deployments, SidecarPolicies, the policies' ControllerRevisions,
+//! and when every namespace is watched, ClusterSidecarPolicies and Namespaces' metadata); the
+//! controllers read the same caches. A ClusterSidecarPolicy is rendered in each namespace it
+//! selects as one of the namespace's policies (`sidecar_core::cluster`); a third controller keeps
+//! its status. Every watch event goes through
 //! [`dispatch::Dispatch`] after its cache holds it, which decides what it triggers.
 
 mod context;
@@ -30,26 +33,35 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
-use sidecar_api::{POLICY_LABEL, SidecarPolicy};
+use kube::{Client, Resource, ResourceExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use sidecar_api::{ClusterSidecarPolicy, POLICY_LABEL, SidecarPolicy};
+use sidecar_core::cluster::Exclusions;
 use sidecar_core::{Guardrails, supports_native_sidecars};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 
-pub use context::{CACHE_RETRY, Caches, Context, DEFAULT_MAX_HOLD, Transition, TriggerStreams, Triggers};
+pub use context::{
+    CACHE_RETRY, Caches, ClusterCaches, Context, DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MAX_HOLD, Transition,
+    TriggerStreams, Triggers,
+};
 pub use dispatch::Dispatch;
 pub use error::Error;
 pub use hold::{BINDING as ADMISSION_HOLD_BINDING, check_active as admission_hold_active, unwatched_hold};
 pub use policy_sets::{NamespacePolicies, PolicySets};
 pub use reconcile::{error_policy, reconcile};
 pub use revisions::revision_name;
-pub use status::{reconcile_status, status_error_policy};
+pub use status::{cluster_status_error_policy, reconcile_cluster_status, reconcile_status, status_error_policy};
 pub use view::DeploymentView;
 
 /// A SidecarPolicy as the watch decodes it: one that does not decode is kept as an error
 /// instead of failing the whole list, so it cannot stall the watch.
 pub type GuardedPolicy = DeserializeGuard<SidecarPolicy>;
+
+/// A ClusterSidecarPolicy as the watch decodes it (see [`GuardedPolicy`]).
+pub type GuardedClusterPolicy = DeserializeGuard<ClusterSidecarPolicy>;
 
 /// The field manager of every write, and the Events' reporting controller.
 pub const FIELD_MANAGER: &str = "sidecar-operator";
@@ -71,17 +83,24 @@ struct Apis {
     deployments: Api<DeploymentView>,
     policies: Api<GuardedPolicy>,
     revisions: Api<ControllerRevision>,
+    /// Only when every namespace is watched.
+    cluster: Option<(Api<GuardedClusterPolicy>, Api<PartialObjectMeta<Namespace>>)>,
 }
 
 struct Writers {
     deployments: reflector::store::Writer<DeploymentView>,
     policies: reflector::store::Writer<GuardedPolicy>,
     revisions: reflector::store::Writer<ControllerRevision>,
+    cluster: Option<(
+        reflector::store::Writer<GuardedClusterPolicy>,
+        reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    )>,
 }
 
 impl Scope {
-    /// Sets up the watches and controllers for `namespace` (all namespaces when `None`) and checks
-    /// that the API server runs native sidecars.
+    /// Sets up the watches and controllers for `namespace` (all namespaces when `None`, and then
+    /// ClusterSidecarPolicies too, kept out of the namespaces in `exclusions`) and checks that
+    /// the API server runs native sidecars.
     pub async fn new(
         client: Client,
         namespace: Option<&str>,
@@ -89,33 +108,49 @@ impl Scope {
         metrics: Arc<Metrics>,
         concurrency: u16,
         max_hold: Duration,
+        exclusions: Exclusions,
     ) -> Self {
         let apis = match namespace {
             Some(ns) => Apis {
                 deployments: Api::namespaced(client.clone(), ns),
                 policies: Api::namespaced(client.clone(), ns),
                 revisions: Api::namespaced(client.clone(), ns),
+                cluster: None,
             },
             None => Apis {
                 deployments: Api::all(client.clone()),
                 policies: Api::all(client.clone()),
                 revisions: Api::all(client.clone()),
+                cluster: Some((Api::all(client.clone()), Api::all(client.clone()))),
             },
         };
         let unsupported_server = check_server(&client).await;
         let (deployments, deployment_writer) = reflector::store();
         let (policies, policy_writer) = reflector::store();
         let (revisions, revision_writer) = reflector::store();
+        let (cluster, cluster_writers) = match apis.cluster {
+            Some(_) => {
+                let (policies, policy_writer) = reflector::store();
+                let (namespaces, namespace_writer) = reflector::store();
+                (
+                    Some(ClusterCaches { policies, namespaces }),
+                    Some((policy_writer, namespace_writer)),
+                )
+            }
+            None => (None, None),
+        };
         let caches = Caches {
             deployments,
             policies,
             revisions,
+            cluster,
         };
         let (triggers, streams) = Triggers::new();
         let ctx = Context::new(client, caches, guardrails, triggers)
             .with_unsupported_server(unsupported_server)
             .with_metrics(metrics)
             .with_max_hold(max_hold)
+            .with_exclusions(exclusions)
             .with_background_events();
         Scope {
             ctx: Arc::new(ctx),
@@ -125,6 +160,7 @@ impl Scope {
                 deployments: deployment_writer,
                 policies: policy_writer,
                 revisions: revision_writer,
+                cluster: cluster_writers,
             },
             concurrency,
         }
@@ -188,7 +224,7 @@ impl Scope {
         };
         let revision_watch = {
             let dispatch = dispatch.clone();
-            watcher(apis.revisions, config.labels(POLICY_LABEL))
+            watcher(apis.revisions, config.clone().labels(POLICY_LABEL))
                 .default_backoff()
                 .modify(|revision| revision.managed_fields_mut().clear())
                 .reflect(writers.revisions)
@@ -200,6 +236,8 @@ impl Scope {
                     futures::future::ready(())
                 })
         };
+
+        let cluster_watches = cluster_watches(apis.cluster, writers.cluster, &dispatch, config.clone());
 
         let controller_config = controller::Config::default().concurrency(concurrency);
         // Every trigger comes from dispatch (`reconcile_on`), none from a stream of objects.
@@ -216,31 +254,101 @@ impl Scope {
             .shutdown_on_signal()
             .run(measured_status, status_error_policy, ctx.clone())
             .for_each(log_result);
+        let cluster_status = ctx.caches.cluster.as_ref().map(|cluster| {
+            Controller::for_shared_stream(futures::stream::pending(), cluster.policies.clone())
+                .with_config(controller::Config::default().concurrency(concurrency))
+                .reconcile_on(streams.cluster_policies)
+                .shutdown_on_signal()
+                .run(measured_cluster_status, cluster_status_error_policy, ctx.clone())
+                .for_each(log_result)
+        });
         // The watches never end on their own; the controllers end on a signal.
         let controllers = async {
-            futures::join!(injection, status);
+            match cluster_status {
+                Some(cluster_status) => {
+                    futures::join!(injection, status, cluster_status);
+                }
+                None => {
+                    futures::join!(injection, status);
+                }
+            }
+        };
+        let watches = async {
+            futures::join!(deployment_watch, policy_watch, revision_watch, cluster_watches);
         };
         tokio::select! {
             () = controllers => info!("controllers stopped"),
-            () = watches(deployment_watch, policy_watch, revision_watch) => error!("a watch ended"),
+            () = watches => error!("a watch ended"),
         }
     }
 }
 
-async fn watches(a: impl Future<Output = ()>, b: impl Future<Output = ()>, c: impl Future<Output = ()>) {
-    futures::join!(a, b, c);
+/// The ClusterSidecarPolicy and Namespace watches, when every namespace is watched; otherwise a
+/// future that never ends.
+fn cluster_watches(
+    apis: Option<(Api<GuardedClusterPolicy>, Api<PartialObjectMeta<Namespace>>)>,
+    writers: Option<(
+        reflector::store::Writer<GuardedClusterPolicy>,
+        reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    )>,
+    dispatch: &Arc<Dispatch>,
+    config: watcher::Config,
+) -> futures::future::BoxFuture<'static, ()> {
+    let (Some((policies, namespaces)), Some((policy_writer, namespace_writer))) = (apis, writers) else {
+        return Box::pin(futures::future::pending());
+    };
+    let policy_watch = {
+        let dispatch = dispatch.clone();
+        watcher(policies, config.clone())
+            .default_backoff()
+            .modify(lean_policy)
+            .reflect(policy_writer)
+            .for_each(move |event| {
+                match event {
+                    Ok(event) => dispatch.cluster_policy_event(&event),
+                    Err(e) => warn!("ClusterSidecarPolicy watch: {e}"),
+                }
+                futures::future::ready(())
+            })
+    };
+    // Metadata only (an `Api<PartialObjectMeta<_>>` asks for it): labels are all a
+    // namespaceSelector reads.
+    let namespace_watch = {
+        let dispatch = dispatch.clone();
+        watcher(namespaces, config)
+            .default_backoff()
+            .modify(|namespace| {
+                namespace.metadata.managed_fields = None;
+                namespace.metadata.annotations = None;
+            })
+            .reflect(namespace_writer)
+            .for_each(move |event| {
+                match event {
+                    Ok(event) => dispatch.namespace_event(&event),
+                    Err(e) => warn!("Namespace watch: {e}"),
+                }
+                futures::future::ready(())
+            })
+    };
+    Box::pin(async move {
+        futures::join!(policy_watch, namespace_watch);
+    })
 }
 
-/// A policy as cached: what the API server's bookkeeping adds is dropped.
-fn lean_policy(policy: &mut GuardedPolicy) {
+/// A policy of either kind as cached: what the API server's bookkeeping adds is dropped.
+fn lean_policy<K: Resource>(policy: &mut DeserializeGuard<K>) {
     let metadata = match &mut policy.0 {
-        Ok(policy) => &mut policy.metadata,
+        Ok(policy) => policy.meta_mut(),
         Err(invalid) => &mut invalid.metadata,
     };
     metadata.managed_fields = None;
     if let Some(annotations) = &mut metadata.annotations {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+async fn measured_cluster_status(policy: Arc<GuardedClusterPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured("cluster-policy", &ctx.clone(), reconcile_cluster_status(policy, ctx)).await
 }
 
 async fn measured_reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -1,5 +1,6 @@
-//! The prepared policies of each namespace, shared by every reconcile until a policy of that
-//! namespace changes.
+//! The prepared policies of each namespace (its SidecarPolicies and the ClusterSidecarPolicies
+//! that select it), shared by every reconcile until one of them, or the namespace's labels,
+//! change.
 //!
 //! Preparing a `PolicySet` sorts, validates, checks guardrails and hashes revisions; doing it once
 //! per policy change instead of once per reconcile is what keeps a reconcile in microseconds.
@@ -13,28 +14,37 @@ use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
 use kube::core::error_boundary::InvalidObject;
-use kube::runtime::reflector::Store;
-use sidecar_api::SidecarPolicy;
+use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
+use sidecar_core::cluster::{self, Exclusions, NamespaceLabels};
 use sidecar_core::{Guardrails, PolicySet};
 
-use super::GuardedPolicy;
+use super::{GuardedClusterPolicy, GuardedPolicy};
 
-/// The SidecarPolicies of one namespace.
+/// The policies that apply in one namespace.
 #[derive(Debug)]
 pub struct NamespacePolicies {
     /// Those that decode, prepared.
     pub set: PolicySet,
-    /// Those whose stored form does not decode (for example written under an older CRD).
+    /// Those whose stored form does not decode (for example written under an older CRD), named
+    /// by their keys: the namespace's SidecarPolicies, and every ClusterSidecarPolicy (it cannot
+    /// be told which namespaces one that does not decode selects).
     pub unreadable: Vec<InvalidObject>,
 }
 
 impl NamespacePolicies {
-    /// The namespace's policies from `policies`, prepared against `guardrails`.
-    pub fn build(namespace: &str, policies: &[Arc<GuardedPolicy>], guardrails: &Guardrails) -> Self {
+    /// The policies of `namespace` from `policies` and `cluster_policies`, prepared against
+    /// `guardrails`.
+    pub fn build(
+        namespace: &NamespaceLabels,
+        policies: &[Arc<GuardedPolicy>],
+        cluster_policies: &[Arc<GuardedClusterPolicy>],
+        exclusions: &Exclusions,
+        guardrails: &Guardrails,
+    ) -> Self {
         let mut readable: Vec<SidecarPolicy> = Vec::new();
         let mut unreadable = Vec::new();
         for guarded in policies {
-            if guarded.namespace().as_deref() != Some(namespace) {
+            if guarded.namespace().as_deref() != Some(namespace.name.as_str()) {
                 continue;
             }
             match &guarded.0 {
@@ -42,9 +52,22 @@ impl NamespacePolicies {
                 Err(invalid) => unreadable.push(invalid.clone()),
             }
         }
+        let mut readable_cluster: Vec<ClusterSidecarPolicy> = Vec::new();
+        if !exclusions.contains(&namespace.name) {
+            for guarded in cluster_policies {
+                match &guarded.0 {
+                    Ok(policy) => readable_cluster.push(policy.clone()),
+                    Err(invalid) => {
+                        let mut invalid = invalid.clone();
+                        invalid.metadata.name = Some(cluster::key(&guarded.name_any()));
+                        unreadable.push(invalid);
+                    }
+                }
+            }
+        }
         unreadable.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         NamespacePolicies {
-            set: PolicySet::new(&readable, guardrails),
+            set: PolicySet::for_namespace(namespace, &readable, &readable_cluster, exclusions, guardrails),
             unreadable,
         }
     }
@@ -80,13 +103,8 @@ impl PolicySets {
         }
     }
 
-    /// The prepared policies of `namespace`, built from `cache` if they are not current.
-    pub fn get(
-        &self,
-        namespace: &str,
-        cache: &Store<GuardedPolicy>,
-        guardrails: &Guardrails,
-    ) -> Arc<NamespacePolicies> {
+    /// The prepared policies of `namespace`, built by `build` if they are not current.
+    pub fn get(&self, namespace: &str, build: impl FnOnce() -> NamespacePolicies) -> Arc<NamespacePolicies> {
         let epoch = {
             let mut slots = self.lock();
             let slot = slots.entry(namespace.to_owned()).or_default();
@@ -97,7 +115,7 @@ impl PolicySets {
         };
         // Built outside the lock: reading the cache and preparing policies takes a while, and
         // other namespaces' reconciles need not wait for it.
-        let built = Arc::new(NamespacePolicies::build(namespace, &cache.state(), guardrails));
+        let built = Arc::new(build());
         let mut slots = self.lock();
         let slot = slots.entry(namespace.to_owned()).or_default();
         if slot.epoch == epoch {

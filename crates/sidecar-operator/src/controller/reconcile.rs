@@ -14,7 +14,7 @@ use serde_json::json;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::outcome::{Outcome, State};
 use sidecar_core::rollout::Progress;
-use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, PolicySet, Refusal};
+use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, PolicySet, Refusal, cluster};
 use tracing::{debug, info, instrument, warn};
 
 use super::FIELD_MANAGER;
@@ -86,7 +86,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         let released = if held {
             let why = Release::WithoutSidecars {
                 reason: "UnreadablePolicy",
-                why: format!("SidecarPolicy {policy:?} cannot be read: {}", invalid.error),
+                why: format!("{} cannot be read: {}", cluster::describe(&policy), invalid.error),
             };
             hold::release(&ctx, &view, generation, why).await
         } else {
@@ -99,9 +99,10 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         let transition = ctx.record_outcome(namespace, name, outcome(state, released.is_err()));
         released?;
         if transition.changed {
-            warn!(%policy, "SidecarPolicy cannot be decoded: {}", invalid.error);
+            warn!(%policy, "policy cannot be decoded: {}", invalid.error);
             let note = format!(
-                "not changed: SidecarPolicy {policy:?} in this namespace cannot be read: {}",
+                "not changed: {} cannot be read: {}",
+                cluster::describe(&policy),
                 invalid.error
             );
             let report = Report::new(
@@ -250,6 +251,10 @@ fn staged_pins(
         return Ok(pins);
     }
     for name in selected {
+        // A ClusterSidecarPolicy's new revision reaches every Deployment at once (for now).
+        if cluster::cluster_name(name).is_some() {
+            continue;
+        }
         let Some(current) = set.revision(name) else {
             continue;
         };
@@ -425,7 +430,13 @@ async fn report_change(ctx: &Context, view: &DeploymentView, facts: &DeploymentF
 /// bookkeeping changed (a record of the first release rewritten), which rolls nothing.
 fn describe_change(before: &InjectionRecord, after: &InjectionRecord) -> Option<(&'static str, String)> {
     let (old, new) = (before.injected(), after.injected());
-    let names = |record: &InjectionRecord| record.policy_names().collect::<Vec<_>>().join(", ");
+    let names = |record: &InjectionRecord| {
+        record
+            .policy_names()
+            .map(cluster::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let list = |injected: &sidecar_core::Injected| {
         injected
             .init_containers
@@ -440,17 +451,17 @@ fn describe_change(before: &InjectionRecord, after: &InjectionRecord) -> Option<
     Some(if after.is_empty() {
         (
             "SidecarsRemoved",
-            format!("removed what SidecarPolicies injected ({})", list(&old)),
+            format!("removed what policies injected ({})", list(&old)),
         )
     } else if before.is_empty() {
         (
             "SidecarsInjected",
-            format!("injected {} from SidecarPolicy {}", list(&new), names(after)),
+            format!("injected {} from {}", list(&new), names(after)),
         )
     } else {
         (
             "SidecarsUpdated",
-            format!("updated to {} from SidecarPolicy {}", list(&new), names(after)),
+            format!("updated to {} from {}", list(&new), names(after)),
         )
     })
 }
@@ -492,20 +503,30 @@ async fn report_refusal(ctx: &Context, view: &DeploymentView, refusal: &Refusal,
         let Some(problem) = refusal.problems.iter().find(|p| p.policy == policy) else {
             continue;
         };
-        let Some(stored) = ctx
-            .caches
-            .policies
-            .get(&ObjectRef::new(policy).within(view.namespace()))
-        else {
+        // A ClusterSidecarPolicy's Events name the Deployment's namespace too.
+        let (regarding, deployment) = match cluster::cluster_name(policy) {
+            Some(name) => (
+                ctx.caches
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.policies.get(&ObjectRef::new(name)))
+                    .map(|p| p.object_ref(&())),
+                format!("{}/{}", view.namespace(), refusal.deployment),
+            ),
+            None => (
+                ctx.caches
+                    .policies
+                    .get(&ObjectRef::new(policy).within(view.namespace()))
+                    .map(|p| p.object_ref(&())),
+                refusal.deployment.clone(),
+            ),
+        };
+        let Some(regarding) = regarding else {
             continue;
         };
-        let note = format!(
-            "Deployment {:?} not changed: {}",
-            refusal.deployment,
-            own.join("; ")
-        );
+        let note = format!("Deployment {deployment:?} not changed: {}", own.join("; "));
         let report = Report::new(
-            stored.object_ref(&()),
+            regarding,
             EventType::Warning,
             problem.kind.reason(),
             "Render",

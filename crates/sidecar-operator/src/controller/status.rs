@@ -11,20 +11,24 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
+use k8s_openapi::api::core::v1::ObjectReference;
+use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy, SidecarPolicyStatus, conditions};
+use sidecar_core::PolicySet;
+use sidecar_core::cluster::{self, NamespaceLabels};
+use sidecar_core::outcome::Summary;
 use sidecar_core::status::{from_summary, reasons, unsupported_server_status};
 use tracing::{debug, instrument, warn};
 
-use super::context::{CACHE_RETRY, Context};
+use super::context::{CACHE_RETRY, Context, PolicyId, cluster_policy_id, policy_id};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
 use super::revisions::sync_history;
 use super::rollouts;
-use super::{FIELD_MANAGER, GuardedPolicy};
+use super::{FIELD_MANAGER, GuardedClusterPolicy, GuardedPolicy};
 
 #[instrument(skip_all, fields(policy = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
 pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = ObjectRef::from_obj(&*guarded);
+    let key = policy_id(&ObjectRef::from_obj(&*guarded));
     let policy = match &guarded.0 {
         Ok(policy) => policy,
         Err(invalid) => {
@@ -83,23 +87,131 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
     };
     let mut summary = ctx.outcomes().summary(&namespace, &name, &revision);
     summary.rollout = Some((decision.counts, decision.phase.clone()));
+    let subject = Subject {
+        id: key,
+        policy,
+        stored: policy.status.as_ref(),
+        reference: policy.object_ref(&()),
+        matched_namespaces: None,
+    };
+    settle(&ctx, &subject, &policies.set, &summary, next()).await
+}
+
+/// One ClusterSidecarPolicy: aggregate its status from the outcomes in every namespace and write
+/// it when it changed. It keeps no revision history and rolls out at once (for now), so there
+/// is no history to keep and no rollout to plan.
+#[instrument(skip_all, fields(cluster_policy = %guarded.name_any()))]
+pub async fn reconcile_cluster_status(
+    guarded: Arc<GuardedClusterPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let name = guarded.name_any();
+    let id = cluster_policy_id(&name);
+    let cluster_policy = match &guarded.0 {
+        Ok(policy) => policy,
+        Err(invalid) => {
+            let note = format!(
+                "cannot be decoded, so no Deployment in any namespace is changed: {}",
+                invalid.error
+            );
+            let report = Report::new(
+                guarded.object_ref(&()),
+                EventType::Warning,
+                "UnreadablePolicy",
+                "Decode",
+                note,
+            );
+            ctx.events.publish(report.once(true)).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let now = Time(Timestamp::now());
+    // The engine's view of it: a policy named by its key.
+    let policy = cluster::in_namespace(cluster_policy, "");
+    if let Some(reason) = &ctx.unsupported_server {
+        let status = unsupported_server_status(&policy, reason, cluster_policy.status.as_ref(), &now);
+        if cluster_policy.status.as_ref() != Some(&status) {
+            write_cluster_status(&ctx, &name, &status).await?;
+        }
+        ctx.policy_succeeded(&id);
+        return Ok(Action::await_change());
+    }
+    if !ctx.caches_filled() {
+        return Ok(Action::requeue(CACHE_RETRY));
+    }
+    if !ctx.outcomes_synced() {
+        debug!("waiting for every Deployment's first reconcile");
+        return Ok(Action::await_change());
+    }
+    let set = PolicySet::for_cluster_policy(cluster_policy, &ctx.guardrails);
+    let revision = set.revision(&id.1).unwrap_or_default().to_owned();
+    let summary = ctx.outcomes().summary_across(&id.1, &revision);
+    let subject = Subject {
+        id,
+        policy: &policy,
+        stored: cluster_policy.status.as_ref(),
+        reference: guarded.object_ref(&()),
+        matched_namespaces: Some(matched_namespaces(&ctx, cluster_policy)),
+    };
+    settle(&ctx, &subject, &set, &summary, Action::await_change()).await
+}
+
+/// How many namespaces `policy`'s namespaceSelector selects.
+fn matched_namespaces(ctx: &Context, policy: &ClusterSidecarPolicy) -> i32 {
+    let Some(cluster) = &ctx.caches.cluster else {
+        return 0;
+    };
+    let selected = cluster
+        .namespaces
+        .state()
+        .iter()
+        .filter(|ns| cluster::selects(policy, &NamespaceLabels::of(&ns.metadata), &ctx.exclusions) == Ok(true))
+        .count();
+    i32::try_from(selected).unwrap_or(i32::MAX)
+}
+
+/// A policy of either kind, as its status is settled.
+struct Subject<'a> {
+    id: PolicyId,
+    /// As the engine names it (a ClusterSidecarPolicy by its key).
+    policy: &'a SidecarPolicy,
+    /// The status the cache shows.
+    stored: Option<&'a SidecarPolicyStatus>,
+    /// The object, for Events.
+    reference: ObjectReference,
+    /// ClusterSidecarPolicy only.
+    matched_namespaces: Option<i32>,
+}
+
+/// Computes the status of `subject` from `summary` and writes it if it changed; `next` is what
+/// to do after.
+async fn settle(
+    ctx: &Context,
+    subject: &Subject<'_>,
+    set: &PolicySet,
+    summary: &Summary,
+    next: Action,
+) -> Result<Action, Error> {
+    let now = Time(Timestamp::now());
+    let policy = subject.policy;
     // The status this process wrote last is newer than the cached one until the cache catches
     // up; comparing with the cached one would write the same status again.
-    let written = ctx.written_status(&key);
+    let written = ctx.written_status(&subject.id);
     let previous = match &written {
         Some((status, _))
-            if policy.status.as_ref() != Some(status)
+            if subject.stored != Some(status)
                 && policy.metadata.generation == status.observed_generation =>
         {
             Some(status)
         }
-        _ => policy.status.as_ref(),
+        _ => subject.stored,
     };
-    let status = from_summary(policy, &policies.set, &summary, previous, &now);
+    let mut status = from_summary(policy, set, summary, previous, &now);
+    status.matched_namespaces = subject.matched_namespaces;
     if previous == Some(&status) {
         debug!("status unchanged");
-        ctx.policy_succeeded(&key);
-        return Ok(next());
+        ctx.policy_succeeded(&subject.id);
+        return Ok(next);
     }
     // While a thousand Deployments converge, counts change a thousand times: progress is written
     // at most once per interval; a condition that changes is written at once.
@@ -109,12 +221,15 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
     {
         return Ok(Action::requeue(wait));
     }
-    report_invalid(&ctx, policy, previous, &status).await;
-    report_stopped(&ctx, policy, previous, &status).await;
-    write_status(&ctx, policy, &status).await?;
-    ctx.status_was_written(key.clone(), status);
-    ctx.policy_succeeded(&key);
-    Ok(next())
+    report_invalid(ctx, &subject.reference, previous, &status).await;
+    report_stopped(ctx, &subject.reference, previous, &status).await;
+    match cluster::cluster_name(&subject.id.1) {
+        Some(name) => write_cluster_status(ctx, name, &status).await?,
+        None => write_status(ctx, policy, &status).await?,
+    }
+    ctx.status_was_written(subject.id.clone(), status);
+    ctx.policy_succeeded(&subject.id);
+    Ok(next)
 }
 
 /// How often a status that only reports progress (counts, messages) is written, at most.
@@ -139,16 +254,24 @@ fn only_progress(previous: Option<&SidecarPolicyStatus>, next: &SidecarPolicySta
     shape(previous) == shape(next)
 }
 
+/// Retries with exponential backoff per ClusterSidecarPolicy.
+pub fn cluster_status_error_policy(policy: Arc<GuardedClusterPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.policy_failed(cluster_policy_id(&policy.name_any()));
+    warn!(cluster_policy = %policy.name_any(), category = error.category(), failures, "ClusterSidecarPolicy reconcile failed: {error}");
+    Action::requeue(backoff(failures))
+}
+
 /// Retries with exponential backoff per policy.
 pub fn status_error_policy(policy: Arc<GuardedPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.policy_failed(ObjectRef::from_obj(&*policy));
+    let failures = ctx.policy_failed(policy_id(&ObjectRef::from_obj(&*policy)));
     warn!(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default(), category = error.category(), failures, "policy reconcile failed: {error}");
     Action::requeue(backoff(failures))
 }
 
 /// Status fields left out of the serialized status when zero or empty.
-const OMITTED_WHEN_EMPTY: [&str; 8] = [
+const OMITTED_WHEN_EMPTY: [&str; 9] = [
     "observedGeneration",
+    "matchedNamespaces",
     "currentRevision",
     "heldDeployments",
     "progress",
@@ -198,11 +321,32 @@ async fn write_status(
     Ok(())
 }
 
+/// Writes `status` to ClusterSidecarPolicy `name`'s status subresource.
+async fn write_cluster_status(ctx: &Context, name: &str, status: &SidecarPolicyStatus) -> Result<(), Error> {
+    let api: Api<ClusterSidecarPolicy> = Api::all(ctx.client.clone());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(
+        name,
+        &params,
+        &Patch::Merge(json!({ "status": merge_body(status) })),
+    )
+    .await
+    .map_err(|source| Error::WriteClusterStatus {
+        name: name.to_owned(),
+        source,
+    })?;
+    ctx.metrics.wrote("status");
+    Ok(())
+}
+
 /// A Warning Event on the policy when it turns invalid (or refused by the guardrails), once: the
 /// Deployments it selects each get their own Event when they are refused.
 async fn report_invalid(
     ctx: &Context,
-    policy: &SidecarPolicy,
+    policy: &ObjectReference,
     previous: Option<&SidecarPolicyStatus>,
     status: &SidecarPolicyStatus,
 ) {
@@ -216,7 +360,7 @@ async fn report_invalid(
     {
         let note = format!("no Deployment gets this policy until it is fixed: {message}");
         let report = Report::new(
-            policy.object_ref(&()),
+            policy.clone(),
             EventType::Warning,
             &reason,
             "Validate",
@@ -230,7 +374,7 @@ async fn report_invalid(
 /// `Stalled` condition keeps saying so.
 async fn report_stopped(
     ctx: &Context,
-    policy: &SidecarPolicy,
+    policy: &ObjectReference,
     previous: Option<&SidecarPolicyStatus>,
     status: &SidecarPolicyStatus,
 ) {
@@ -247,7 +391,7 @@ async fn report_stopped(
     }
     warn!("rollout stopped: {message}");
     let report = Report::new(
-        policy.object_ref(&()),
+        policy.clone(),
         EventType::Warning,
         reasons::ROLLOUT_STOPPED,
         "Rollout",

@@ -17,8 +17,12 @@ use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 use sidecar_api::SidecarPolicy;
 use sidecar_core::Guardrails;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use sidecar_api::ClusterSidecarPolicy;
 use sidecar_operator::controller::{
-    Caches, Context, DeploymentView, Dispatch, Error, FIELD_MANAGER, GuardedPolicy, TriggerStreams, Triggers,
+    Caches, ClusterCaches, Context, DeploymentView, Dispatch, Error, FIELD_MANAGER, GuardedClusterPolicy,
+    GuardedPolicy, TriggerStreams, Triggers,
 };
 use tower_test::mock::{Handle, SendResponse};
 
@@ -43,6 +47,39 @@ pub fn deployment() -> Deployment {
                     "containers": [{"name": "web", "image": "nginx:1.27"}],
                 }
             }
+        }
+    }))
+    .unwrap()
+}
+
+/// Namespace `name` with `labels` (as the metadata watch sees it).
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+    let mut all: std::collections::BTreeMap<String, String> =
+        labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    all.insert("kubernetes.io/metadata.name".into(), name.into());
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": all},
+    }))
+    .unwrap()
+}
+
+/// ClusterSidecarPolicy `name` (uid `uid-<name>`) for namespaces labelled `mesh: enabled`,
+/// injecting one sidecar named `sidecar` into app=web.
+pub fn cluster_policy(name: &str, sidecar: &str) -> ClusterSidecarPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "sidecar.dev/v1alpha1",
+        "kind": "ClusterSidecarPolicy",
+        "metadata": {"name": name, "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"mesh": "enabled"}},
+            "selector": {"matchLabels": {"app": "web"}},
+            "sidecars": [{
+                "name": sidecar, "image": "proxy:1",
+                "startupProbe": {"exec": {"command": ["true"]}},
+                "resources": {"requests": {"cpu": "10m"}},
+            }],
         }
     }))
     .unwrap()
@@ -122,6 +159,8 @@ pub struct Harness {
     deployments: Writer<DeploymentView>,
     policies: Writer<GuardedPolicy>,
     revisions: Writer<ControllerRevision>,
+    cluster_policies: Writer<GuardedClusterPolicy>,
+    namespaces: Writer<PartialObjectMeta<Namespace>>,
 }
 
 impl Harness {
@@ -147,10 +186,16 @@ impl Harness {
         let (deployment_cache, deployment_writer) = reflector::store();
         let (policy_cache, policy_writer) = reflector::store();
         let (revision_cache, revision_writer) = reflector::store();
+        let (cluster_policy_cache, cluster_policy_writer) = reflector::store();
+        let (namespace_cache, namespace_writer) = reflector::store();
         let caches = Caches {
             deployments: deployment_cache,
             policies: policy_cache,
             revisions: revision_cache,
+            cluster: Some(ClusterCaches {
+                policies: cluster_policy_cache,
+                namespaces: namespace_cache,
+            }),
         };
         let (triggers, streams) = Triggers::new();
         let ctx = Arc::new(Context::new(client, caches, guardrails, triggers));
@@ -163,7 +208,11 @@ impl Harness {
             deployments: deployment_writer,
             policies: policy_writer,
             revisions: revision_writer,
+            cluster_policies: cluster_policy_writer,
+            namespaces: namespace_writer,
         };
+        harness.list_namespaces(vec![namespace("demo", &[])]);
+        harness.list_cluster_policies(vec![]);
         harness.list_policies(policies);
         harness.list_deployments(deployments.iter().map(view).collect());
         harness.list_revisions(revisions);
@@ -198,6 +247,47 @@ impl Harness {
             self.revisions.apply_watcher_event(&event);
             self.dispatch.revision_event(&event);
         }
+    }
+
+    /// A (re)list of the ClusterSidecarPolicy watch.
+    pub fn list_cluster_policies(&mut self, policies: Vec<ClusterSidecarPolicy>) {
+        let mut events = vec![Event::Init];
+        events.extend(policies.into_iter().map(|p| Event::InitApply(DeserializeGuard(Ok(p)))));
+        events.push(Event::InitDone);
+        for event in events {
+            self.cluster_policy_event(event);
+        }
+    }
+
+    /// A (re)list of the Namespace watch.
+    pub fn list_namespaces(&mut self, namespaces: Vec<PartialObjectMeta<Namespace>>) {
+        let mut events = vec![Event::Init];
+        events.extend(namespaces.into_iter().map(Event::InitApply));
+        events.push(Event::InitDone);
+        for event in events {
+            self.namespace_event(event);
+        }
+    }
+
+    pub fn cluster_policy_event(&mut self, event: Event<GuardedClusterPolicy>) {
+        self.cluster_policies.apply_watcher_event(&event);
+        self.dispatch.cluster_policy_event(&event);
+    }
+
+    pub fn namespace_event(&mut self, event: Event<PartialObjectMeta<Namespace>>) {
+        self.namespaces.apply_watcher_event(&event);
+        self.dispatch.namespace_event(&event);
+    }
+
+    /// The ClusterSidecarPolicies whose status was triggered since the last call, sorted.
+    pub fn triggered_cluster_policies(&mut self) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Ok(reference) = self.streams.cluster_policies.try_recv() {
+            names.push(reference.name);
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     pub fn deployment_event(&mut self, event: Event<DeploymentView>) {
