@@ -154,7 +154,9 @@ pub fn problems(policy: &ClusterSidecarPolicy) -> Vec<Problem> {
             kind: ProblemKind::Invalid,
             policy: key,
             field: "spec.revisionHistoryLimit".into(),
-            message: "a ClusterSidecarPolicy keeps no revision history yet (remove spec.revisionHistoryLimit)".into(),
+            message:
+                "a ClusterSidecarPolicy keeps no revision history yet (remove spec.revisionHistoryLimit)"
+                    .into(),
         });
     }
     problems
@@ -204,10 +206,16 @@ mod tests {
             ..LabelSelector::default()
         });
         let none = Exclusions::default();
-        assert_eq!(selects(&mesh, &namespace("a", &[("mesh", "enabled")]), &none), Ok(true));
+        assert_eq!(
+            selects(&mesh, &namespace("a", &[("mesh", "enabled")]), &none),
+            Ok(true)
+        );
         assert_eq!(selects(&mesh, &namespace("b", &[]), &none), Ok(false));
         let excluded = Exclusions::new(["a".to_owned()]);
-        assert_eq!(selects(&mesh, &namespace("a", &[("mesh", "enabled")]), &excluded), Ok(false));
+        assert_eq!(
+            selects(&mesh, &namespace("a", &[("mesh", "enabled")]), &excluded),
+            Ok(false)
+        );
         let opted_out = namespace("a", &[("mesh", "enabled"), (NAMESPACE_INJECT_LABEL, "false")]);
         assert_eq!(selects(&mesh, &opted_out, &none), Ok(false));
 
@@ -237,13 +245,19 @@ mod tests {
         });
         let problem = selects(&bad, &namespace("a", &[]), &Exclusions::default()).unwrap_err();
         assert_eq!(problem.policy, "ClusterSidecarPolicy/mesh");
-        assert!(problem.field.starts_with("spec.namespaceSelector."), "{problem:?}");
+        assert!(
+            problem.field.starts_with("spec.namespaceSelector."),
+            "{problem:?}"
+        );
     }
 
     #[test]
     fn in_a_namespace_it_is_a_policy_of_that_namespace_named_by_its_key() {
         let converted = in_namespace(&policy(LabelSelector::default()), "team-a");
-        assert_eq!(converted.metadata.name.as_deref(), Some("ClusterSidecarPolicy/mesh"));
+        assert_eq!(
+            converted.metadata.name.as_deref(),
+            Some("ClusterSidecarPolicy/mesh")
+        );
         assert_eq!(converted.metadata.namespace.as_deref(), Some("team-a"));
         assert_eq!(converted.spec.sidecars[0].name, "proxy");
     }

@@ -344,7 +344,12 @@ impl OutcomeIndex {
         self.tallies
             .iter()
             .filter(move |((_, p), _)| p == policy)
-            .flat_map(|((ns, _), tally)| tally.involved.iter().map(move |name| (ns.as_str(), name.as_str())))
+            .flat_map(|((ns, _), tally)| {
+                tally
+                    .involved
+                    .iter()
+                    .map(move |name| (ns.as_str(), name.as_str()))
+            })
     }
 
     /// What the outcomes in every namespace say about `policy` (a ClusterSidecarPolicy's key),
@@ -473,6 +478,33 @@ mod tests {
             field: "spec.sidecars[0].name".into(),
             message: "container name \"agent\" is already used".into(),
         }
+    }
+
+    #[test]
+    fn a_cluster_policy_is_summed_across_namespaces_and_names_namespace_and_deployment() {
+        let key = "ClusterSidecarPolicy/mesh";
+        let mut index = OutcomeIndex::default();
+        index.record("a", "web", applied(&[key], &[(key, "r1")]));
+        index.record("b", "web", applied(&[key], &[(key, "r0")]));
+        index.record(
+            "b",
+            "api",
+            Outcome {
+                state: State::Refused(vec![conflict(key)]),
+                ..applied(&[key], &[])
+            },
+        );
+        index.record("b", "other", applied(&["p1"], &[("p1", "r1")]));
+        let summary = index.summary_across(key, "r1");
+        assert_eq!((summary.matched, summary.up_to_date), (3, 1));
+        assert_eq!(summary.conflicts.first.len(), 1);
+        assert!(
+            summary.conflicts.first[0].starts_with("Deployment \"b/api\""),
+            "{summary:?}"
+        );
+        let mut involved: Vec<_> = index.involving_anywhere(key).collect();
+        involved.sort_unstable();
+        assert_eq!(involved, [("a", "web"), ("b", "api"), ("b", "web")]);
     }
 
     #[test]

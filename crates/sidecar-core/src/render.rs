@@ -179,7 +179,11 @@ impl PolicySet {
     pub fn for_cluster_policy(policy: &ClusterSidecarPolicy, guardrails: &Guardrails) -> Self {
         let converted = cluster::in_namespace(policy, "");
         PolicySet {
-            policies: vec![Prepared::with_problems(&converted, guardrails, cluster::problems(policy))],
+            policies: vec![Prepared::with_problems(
+                &converted,
+                guardrails,
+                cluster::problems(policy),
+            )],
         }
     }
 

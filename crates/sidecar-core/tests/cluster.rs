@@ -18,7 +18,8 @@ use common::{init_names, sidecar_policy, web};
 /// ClusterSidecarPolicy `name` for namespaces labelled `mesh: enabled`, with the spec of
 /// `template` (a SidecarPolicy).
 fn cluster(name: &str, template: &SidecarPolicy) -> ClusterSidecarPolicy {
-    let selector: LabelSelector = serde_json::from_value(serde_json::json!({"matchLabels": {"mesh": "enabled"}})).unwrap();
+    let selector: LabelSelector =
+        serde_json::from_value(serde_json::json!({"matchLabels": {"mesh": "enabled"}})).unwrap();
     ClusterSidecarPolicy::new(
         name,
         ClusterSidecarPolicySpec {
@@ -42,18 +43,24 @@ fn render(
     policies: &[SidecarPolicy],
     cluster: &[ClusterSidecarPolicy],
 ) -> Result<Rendered, Refusal> {
-    PolicySet::for_namespace(namespace, policies, cluster, &Exclusions::default(), &Guardrails::default())
-        .render(d)
+    PolicySet::for_namespace(
+        namespace,
+        policies,
+        cluster,
+        &Exclusions::default(),
+        &Guardrails::default(),
+    )
+    .render(d)
 }
 
 #[test]
 fn a_cluster_policy_applies_only_in_the_namespaces_it_selects() {
     let mesh = cluster("mesh", &sidecar_policy("unused", "proxy"));
-    let rendered = render(&web(), &demo(true), &[], &[mesh.clone()]).unwrap();
+    let rendered = render(&web(), &demo(true), &[], std::slice::from_ref(&mesh)).unwrap();
     assert_eq!(init_names(&rendered.deployment), ["proxy", "migrate"]);
     assert_eq!(rendered.applied(), ["ClusterSidecarPolicy/mesh"]);
 
-    let untouched = render(&web(), &demo(false), &[], &[mesh.clone()]).unwrap();
+    let untouched = render(&web(), &demo(false), &[], std::slice::from_ref(&mesh)).unwrap();
     assert_eq!(untouched.deployment, web());
     let excluded = PolicySet::for_namespace(
         &demo(true),
@@ -69,7 +76,13 @@ fn a_cluster_policy_applies_only_in_the_namespaces_it_selects() {
 fn at_equal_order_cluster_policies_go_first_and_order_still_decides() {
     let own = sidecar_policy("agent", "agent");
     let mesh = cluster("mesh", &sidecar_policy("unused", "proxy"));
-    let rendered = render(&web(), &demo(true), &[own.clone()], &[mesh.clone()]).unwrap();
+    let rendered = render(
+        &web(),
+        &demo(true),
+        std::slice::from_ref(&own),
+        std::slice::from_ref(&mesh),
+    )
+    .unwrap();
     assert_eq!(init_names(&rendered.deployment), ["proxy", "agent", "migrate"]);
     assert_eq!(rendered.applied(), ["ClusterSidecarPolicy/mesh", "agent"]);
 
@@ -86,7 +99,14 @@ fn a_namespaced_and_a_cluster_policy_of_the_same_name_are_two_policies() {
     let rendered = render(&web(), &demo(true), &[own], &[mesh]).unwrap();
     assert_eq!(rendered.applied(), ["ClusterSidecarPolicy/mesh", "mesh"]);
     let record = InjectionRecord::read(&rendered.deployment).unwrap().unwrap();
-    assert!(record.entry("mesh").unwrap().injected.init_containers.contains("agent"));
+    assert!(
+        record
+            .entry("mesh")
+            .unwrap()
+            .injected
+            .init_containers
+            .contains("agent")
+    );
     assert!(
         record
             .entry("ClusterSidecarPolicy/mesh")
@@ -120,8 +140,20 @@ fn a_cluster_policy_asking_for_a_staged_rollout_is_refused_with_the_field() {
 fn removing_the_namespace_label_removes_exactly_what_the_cluster_policy_added() {
     let own = sidecar_policy("agent", "agent");
     let mesh = cluster("mesh", &sidecar_policy("unused", "proxy"));
-    let both = render(&web(), &demo(true), &[own.clone()], &[mesh.clone()]).unwrap();
-    let without = render(&both.deployment, &demo(false), &[own.clone()], &[mesh]).unwrap();
+    let both = render(
+        &web(),
+        &demo(true),
+        std::slice::from_ref(&own),
+        std::slice::from_ref(&mesh),
+    )
+    .unwrap();
+    let without = render(
+        &both.deployment,
+        &demo(false),
+        std::slice::from_ref(&own),
+        &[mesh],
+    )
+    .unwrap();
     let only_own = render(&web(), &demo(false), &[own], &[]).unwrap();
     assert_eq!(without.deployment, only_own.deployment);
 }

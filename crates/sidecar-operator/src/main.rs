@@ -6,9 +6,9 @@ use std::time::Duration;
 use clap::Parser;
 use sidecar_operator::cli::{Cli, Command, CrdKind, LogFormat, RunArgs};
 
+use sidecar_core::cluster::Exclusions;
 use sidecar_operator::controller::{self, Scope};
 use sidecar_operator::leader::{self, Election};
-use sidecar_core::cluster::Exclusions;
 use sidecar_operator::{crd, http, render_cmd};
 
 /// Exit codes, as documented in `render --help`.

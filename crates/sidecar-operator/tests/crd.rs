@@ -24,7 +24,10 @@ fn crd_parses_as_a_custom_resource_definition() {
 
 #[test]
 fn checked_in_cluster_crd_matches_the_rust_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds/clustersidecarpolicy.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crds/clustersidecarpolicy.yaml"
+    );
     let checked_in = std::fs::read_to_string(path).expect("crds/clustersidecarpolicy.yaml exists");
     let generated = sidecar_operator::crd::cluster_crd_yaml().unwrap();
     assert!(
@@ -38,13 +41,26 @@ fn cluster_crd_is_cluster_scoped_with_the_policy_fields_inline() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crd: CustomResourceDefinition =
         serde_norway::from_str(&sidecar_operator::crd::cluster_crd_yaml().unwrap()).unwrap();
-    assert_eq!(crd.metadata.name.as_deref(), Some("clustersidecarpolicies.sidecar.dev"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("clustersidecarpolicies.sidecar.dev")
+    );
     assert_eq!(crd.spec.scope, "Cluster");
-    let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap();
     let spec = &schema.properties.as_ref().unwrap()["spec"];
     let fields = spec.properties.as_ref().unwrap();
     for field in ["namespaceSelector", "selector", "sidecars", "order", "placement"] {
-        assert!(fields.contains_key(field), "spec.{field} missing: {:?}", fields.keys());
+        assert!(
+            fields.contains_key(field),
+            "spec.{field} missing: {:?}",
+            fields.keys()
+        );
     }
     let required = spec.required.clone().unwrap_or_default();
     assert!(required.contains(&"namespaceSelector".to_owned()), "{required:?}");

@@ -17,11 +17,11 @@ use sidecar_core::Guardrails;
 use sidecar_core::cluster::{self, Exclusions, NamespaceLabels};
 use sidecar_core::outcome::{Outcome, OutcomeIndex};
 
-use super::{GuardedClusterPolicy, GuardedPolicy};
 use super::events::Events;
 use super::policy_sets::{NamespacePolicies, PolicySets};
 use super::rollouts::Rollouts;
 use super::view::DeploymentView;
+use super::{GuardedClusterPolicy, GuardedPolicy};
 use crate::metrics::Metrics;
 
 /// How soon a reconcile that found a cache still filling runs again.
@@ -301,7 +301,10 @@ impl Context {
             .cluster
             .as_ref()
             .and_then(|c| c.namespaces.get(&ObjectRef::new(namespace)))
-            .map_or_else(|| NamespaceLabels::named(namespace), |ns| NamespaceLabels::of(&ns.metadata))
+            .map_or_else(
+                || NamespaceLabels::named(namespace),
+                |ns| NamespaceLabels::of(&ns.metadata),
+            )
     }
 
     /// Records the outcome of a Deployment reconcile and triggers the status of every policy

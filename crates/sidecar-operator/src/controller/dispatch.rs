@@ -32,9 +32,9 @@ use kube::{Resource, ResourceExt};
 use sidecar_api::POLICY_LABEL;
 use sidecar_core::{cluster, selector};
 
-use super::{GuardedClusterPolicy, GuardedPolicy};
 use super::context::Context;
 use super::view::DeploymentView;
+use super::{GuardedClusterPolicy, GuardedPolicy};
 
 /// What a policy change is judged by: a new spec is a new generation; a policy that stops or
 /// starts decoding changes everything it may select.

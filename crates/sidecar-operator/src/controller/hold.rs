@@ -100,9 +100,7 @@ pub async fn release(
         }
         Release::WithoutSidecars { reason, why } => {
             warn!(%held_for, reason, "released from the admission hold without sidecars: {why}");
-            let note = format!(
-                "released from the admission hold without the sidecars of {held_for}: {why}"
-            );
+            let note = format!("released from the admission hold without the sidecars of {held_for}: {why}");
             let report = Report::new(reference, EventType::Warning, reason, "Release", note);
             ctx.events.publish(report).await;
         }

@@ -28,14 +28,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::core::PartialObjectMeta;
 use sidecar_api::{ClusterSidecarPolicy, POLICY_LABEL, SidecarPolicy};
 use sidecar_core::cluster::Exclusions;
 use sidecar_core::{Guardrails, supports_native_sidecars};
@@ -53,7 +53,9 @@ pub use hold::{BINDING as ADMISSION_HOLD_BINDING, check_active as admission_hold
 pub use policy_sets::{NamespacePolicies, PolicySets};
 pub use reconcile::{error_policy, reconcile};
 pub use revisions::revision_name;
-pub use status::{cluster_status_error_policy, reconcile_cluster_status, reconcile_status, status_error_policy};
+pub use status::{
+    cluster_status_error_policy, reconcile_cluster_status, reconcile_status, status_error_policy,
+};
 pub use view::DeploymentView;
 
 /// A SidecarPolicy as the watch decodes it: one that does not decode is kept as an error
@@ -347,8 +349,16 @@ fn lean_policy<K: Resource>(policy: &mut DeserializeGuard<K>) {
     }
 }
 
-async fn measured_cluster_status(policy: Arc<GuardedClusterPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    measured("cluster-policy", &ctx.clone(), reconcile_cluster_status(policy, ctx)).await
+async fn measured_cluster_status(
+    policy: Arc<GuardedClusterPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    measured(
+        "cluster-policy",
+        &ctx.clone(),
+        reconcile_cluster_status(policy, ctx),
+    )
+    .await
 }
 
 async fn measured_reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<Action, Error> {

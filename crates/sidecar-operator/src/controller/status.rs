@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -11,7 +12,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use k8s_openapi::api::core::v1::ObjectReference;
 use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy, SidecarPolicyStatus, conditions};
 use sidecar_core::PolicySet;
 use sidecar_core::cluster::{self, NamespaceLabels};
@@ -165,7 +165,9 @@ fn matched_namespaces(ctx: &Context, policy: &ClusterSidecarPolicy) -> i32 {
         .namespaces
         .state()
         .iter()
-        .filter(|ns| cluster::selects(policy, &NamespaceLabels::of(&ns.metadata), &ctx.exclusions) == Ok(true))
+        .filter(|ns| {
+            cluster::selects(policy, &NamespaceLabels::of(&ns.metadata), &ctx.exclusions) == Ok(true)
+        })
         .count();
     i32::try_from(selected).unwrap_or(i32::MAX)
 }
@@ -199,8 +201,7 @@ async fn settle(
     let written = ctx.written_status(&subject.id);
     let previous = match &written {
         Some((status, _))
-            if subject.stored != Some(status)
-                && policy.metadata.generation == status.observed_generation =>
+            if subject.stored != Some(status) && policy.metadata.generation == status.observed_generation =>
         {
             Some(status)
         }
@@ -255,7 +256,11 @@ fn only_progress(previous: Option<&SidecarPolicyStatus>, next: &SidecarPolicySta
 }
 
 /// Retries with exponential backoff per ClusterSidecarPolicy.
-pub fn cluster_status_error_policy(policy: Arc<GuardedClusterPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn cluster_status_error_policy(
+    policy: Arc<GuardedClusterPolicy>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let failures = ctx.policy_failed(cluster_policy_id(&policy.name_any()));
     warn!(cluster_policy = %policy.name_any(), category = error.category(), failures, "ClusterSidecarPolicy reconcile failed: {error}");
     Action::requeue(backoff(failures))
@@ -359,13 +364,7 @@ async fn report_invalid(
         && invalid(previous) != Some((reason.clone(), message.clone()))
     {
         let note = format!("no Deployment gets this policy until it is fixed: {message}");
-        let report = Report::new(
-            policy.clone(),
-            EventType::Warning,
-            &reason,
-            "Validate",
-            note,
-        );
+        let report = Report::new(policy.clone(), EventType::Warning, &reason, "Validate", note);
         ctx.events.publish(report).await;
     }
 }

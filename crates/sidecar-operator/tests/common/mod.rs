@@ -8,18 +8,18 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
+use sidecar_api::ClusterSidecarPolicy;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::Guardrails;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::core::PartialObjectMeta;
-use sidecar_api::ClusterSidecarPolicy;
 use sidecar_operator::controller::{
     Caches, ClusterCaches, Context, DeploymentView, Dispatch, Error, FIELD_MANAGER, GuardedClusterPolicy,
     GuardedPolicy, TriggerStreams, Triggers,
@@ -54,8 +54,10 @@ pub fn deployment() -> Deployment {
 
 /// Namespace `name` with `labels` (as the metadata watch sees it).
 pub fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
-    let mut all: std::collections::BTreeMap<String, String> =
-        labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let mut all: std::collections::BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     all.insert("kubernetes.io/metadata.name".into(), name.into());
     serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -252,7 +254,11 @@ impl Harness {
     /// A (re)list of the ClusterSidecarPolicy watch.
     pub fn list_cluster_policies(&mut self, policies: Vec<ClusterSidecarPolicy>) {
         let mut events = vec![Event::Init];
-        events.extend(policies.into_iter().map(|p| Event::InitApply(DeserializeGuard(Ok(p)))));
+        events.extend(
+            policies
+                .into_iter()
+                .map(|p| Event::InitApply(DeserializeGuard(Ok(p)))),
+        );
         events.push(Event::InitDone);
         for event in events {
             self.cluster_policy_event(event);
@@ -361,6 +367,26 @@ impl Harness {
     {
         let task = tokio::spawn(sidecar_operator::controller::reconcile_status(
             self.cached_policy(name),
+            self.ctx.clone(),
+        ));
+        self.drive(task, scenario).await
+    }
+
+    /// Reconciles the status of the cached ClusterSidecarPolicy `name` against `scenario`.
+    pub async fn reconcile_cluster_policy<S, F>(&mut self, name: &str, scenario: S) -> Result<Action, Error>
+    where
+        S: FnOnce(ApiHandle) -> F,
+        F: std::future::Future<Output = ApiHandle> + Send + 'static,
+    {
+        let cached = self
+            .ctx
+            .caches
+            .cluster
+            .as_ref()
+            .and_then(|c| c.policies.get(&reflector::ObjectRef::new(name)))
+            .expect("the ClusterSidecarPolicy is cached");
+        let task = tokio::spawn(sidecar_operator::controller::reconcile_cluster_status(
+            cached,
             self.ctx.clone(),
         ));
         self.drive(task, scenario).await
