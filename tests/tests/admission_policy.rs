@@ -19,7 +19,16 @@ use support::kustomize::{deploy_dir, documents};
 
 /// The admission policy's spec, from the shipped file.
 fn policy_spec() -> Value {
-    let path = deploy_dir().join("components/admission-hold/admission-policy.yaml");
+    spec_in("admission-policy.yaml")
+}
+
+/// The ClusterSidecarPolicy admission policy's spec, from the shipped file.
+fn cluster_policy_spec() -> Value {
+    spec_in("cluster-admission-policy.yaml")
+}
+
+fn spec_in(file: &str) -> Value {
+    let path = deploy_dir().join("components/admission-hold").join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     let policy = documents(&text)
         .into_iter()
@@ -55,6 +64,7 @@ fn named(list: &Value, name: &str) -> String {
 
 /// The annotation keys the expressions name.
 const ANNOTATION_KEYS: [&str; 3] = [
+    // Also the namespace opt-out label's key.
     "sidecar.dev/inject",
     "sidecar.dev/held-for",
     "sidecar.dev/injected",
@@ -281,4 +291,94 @@ fn the_hold_names_every_policy_it_waits_for_and_respects_the_opt_out_field() {
         !holds(&holds_variable, &evaluate(json!({}), policy)),
         "holdNewDeployments: false"
     );
+}
+
+fn cluster_sidecar_policy(namespace_selector: &Value) -> Value {
+    json!({
+        "apiVersion": "sidecar.dev/v1alpha1",
+        "kind": "ClusterSidecarPolicy",
+        "metadata": {"name": "mesh"},
+        "spec": {
+            "namespaceSelector": namespace_selector,
+            "selector": {},
+            "sidecars": [{"name": "proxy", "image": "envoy"}],
+        },
+    })
+}
+
+fn namespace_object(labels: &BTreeMap<&str, &str>) -> Value {
+    let mut metadata = json!({"name": "team-a"});
+    if !labels.is_empty() {
+        metadata["labels"] = json!(labels);
+    }
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata})
+}
+
+#[test]
+fn the_cluster_hold_selects_exactly_the_namespaces_the_engine_selects() {
+    let spec = cluster_policy_spec();
+    let in_namespace = variable(&spec, "inNamespace");
+    let selectors = [
+        json!({}),
+        json!({"matchLabels": {"mesh": "enabled"}}),
+        json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["prod", "staging"]}]}),
+        json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["dev"]}]}),
+        json!({"matchExpressions": [{"key": "mesh", "operator": "Exists"}]}),
+        json!({"matchExpressions": [{"key": "legacy", "operator": "DoesNotExist"}]}),
+    ];
+    let label_sets: [&[(&str, &str)]; 6] = [
+        &[],
+        &[("mesh", "enabled")],
+        &[("mesh", "enabled"), ("tier", "prod")],
+        &[("tier", "dev"), ("legacy", "yes")],
+        &[("mesh", "enabled"), ("sidecar.dev/inject", "false")],
+        &[("mesh", "enabled"), ("sidecar.dev/inject", "true")],
+    ];
+    let none = sidecar_core::cluster::Exclusions::default();
+    for selector in &selectors {
+        let policy: sidecar_api::ClusterSidecarPolicy =
+            serde_json::from_value(cluster_sidecar_policy(selector)).unwrap();
+        for labels in label_sets {
+            let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+            let mut namespace = sidecar_core::cluster::NamespaceLabels::named("team-a");
+            namespace
+                .labels
+                .extend(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            let engine = sidecar_core::cluster::selects(&policy, &namespace, &none).unwrap();
+            let evaluator = VapEvaluator::builder()
+                .object(deployment(&BTreeMap::from([("app", "web")]), json!({}), None))
+                .params(cluster_sidecar_policy(selector))
+                .namespace_object(namespace_object(&labels))
+                .request(request("CREATE"))
+                .build();
+            assert_eq!(
+                holds(&in_namespace, &evaluator),
+                engine,
+                "namespaceSelector {selector} on namespace labels {labels:?}"
+            );
+        }
+    }
+    // Deployments within: the same expression as the namespaced hold.
+    assert_eq!(variable(&spec, "selected"), variable(&policy_spec(), "selected"));
+}
+
+#[test]
+fn the_cluster_hold_names_the_policy_by_its_key() {
+    let spec = cluster_policy_spec();
+    let held_for = variable(&spec, "heldFor");
+    let labels = BTreeMap::from([("app", "web")]);
+    let evaluate = |annotations: Value| {
+        VapEvaluator::builder()
+            .object(deployment(&labels, annotations, None))
+            .params(cluster_sidecar_policy(&json!({})))
+            .namespace_object(namespace_object(&BTreeMap::new()))
+            .request(request("CREATE"))
+            .build()
+    };
+    let key = sidecar_core::cluster::key("mesh");
+    assert!(holds(&format!("({held_for}) == '{key}'"), &evaluate(json!({}))));
+    assert!(holds(
+        &format!("({held_for}) == 'logs,{key}'"),
+        &evaluate(json!({"sidecar.dev/held-for": "logs"}))
+    ));
 }

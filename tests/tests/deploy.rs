@@ -220,6 +220,37 @@ fn the_admission_hold_never_holds_where_nobody_releases() {
     assert_eq!(operator, "NotIn");
     assert_eq!(excluded, BTreeSet::from(["kube-system".to_owned(), own]));
 
+    // The hold for ClusterSidecarPolicies: their kind as parameters, and never where the operator
+    // injects nothing (its exclusions and its own namespace).
+    let cluster: MutatingAdmissionPolicy = typed(find(
+        &objects,
+        "MutatingAdmissionPolicy",
+        "sidecar-operator-hold-cluster",
+    ));
+    let spec = cluster.spec.unwrap();
+    assert_eq!(spec.failure_policy.as_deref(), Some("Ignore"));
+    let param = spec.param_kind.unwrap();
+    assert_eq!(
+        (param.api_version.as_deref(), param.kind.as_deref()),
+        (Some("sidecar.dev/v1alpha1"), Some("ClusterSidecarPolicy"))
+    );
+    let binding = find(
+        &objects,
+        "MutatingAdmissionPolicyBinding",
+        "sidecar-operator-hold-cluster",
+    );
+    let typed_binding: MutatingAdmissionPolicyBinding = typed(binding);
+    let param_ref = typed_binding.spec.unwrap().param_ref.unwrap();
+    assert_eq!(param_ref.namespace, None, "cluster-scoped parameters");
+    let (operator_, excluded) = named_namespaces(binding);
+    assert_eq!(operator_, "NotIn");
+    let mut never = BTreeSet::from([operator_namespace(&objects)]);
+    never.extend(run_args(&objects).exclude_namespaces);
+    assert_eq!(
+        excluded, never,
+        "the binding excludes what --exclude-namespace excludes"
+    );
+
     // The operator may read the binding (to say at start whether holding is active), by name.
     let role: ClusterRole = typed(find(&objects, "ClusterRole", "sidecar-operator-admission-hold"));
     assert_eq!(
@@ -519,11 +550,18 @@ fn namespace_roles_may_write_sidecar_policies_and_only_cluster_roles_cluster_pol
         let labels = role.metadata.labels.unwrap_or_default();
         for target in aggregated_to {
             let key = format!("rbac.authorization.k8s.io/aggregate-to-{target}");
-            assert_eq!(labels.get(&key).map(String::as_str), Some("true"), "{name}: {key}");
+            assert_eq!(
+                labels.get(&key).map(String::as_str),
+                Some("true"),
+                "{name}: {key}"
+            );
         }
         for (group, resource, _, _) in grants(role.rules.as_deref().unwrap_or_default()) {
             assert_eq!(group, "sidecar.dev");
-            assert!(resource.starts_with("sidecarpolicies"), "{name} grants {resource}");
+            assert!(
+                resource.starts_with("sidecarpolicies"),
+                "{name} grants {resource}"
+            );
         }
     }
     // Nothing aggregates ClusterSidecarPolicies into a namespace role.
@@ -663,6 +701,25 @@ fn watch_namespaces_swaps_the_cluster_binding_for_one_per_watched_namespace() {
         "each watched namespace needs the grant, and no other"
     );
     find(&objects, "RoleBinding", "sidecar-operator-leader-election");
+}
+
+#[test]
+fn watch_namespaces_drops_the_cluster_policy_grant_and_hold() {
+    // The example overlay has the admission hold, then watch-namespaces.
+    let objects = example_overlay();
+    find(&objects, "MutatingAdmissionPolicy", "sidecar-operator-hold");
+    for (kind, name) in [
+        ("ClusterRoleBinding", "sidecar-operator-cluster"),
+        ("MutatingAdmissionPolicy", "sidecar-operator-hold-cluster"),
+        ("MutatingAdmissionPolicyBinding", "sidecar-operator-hold-cluster"),
+    ] {
+        assert!(
+            !objects
+                .iter()
+                .any(|o| o["kind"] == kind && o["metadata"]["name"] == name),
+            "a namespaced install keeps {kind} {name}"
+        );
+    }
 }
 
 #[test]
