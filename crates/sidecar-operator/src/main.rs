@@ -25,15 +25,15 @@ fn main() -> ExitCode {
                 warnings,
                 notes,
             }) => {
-                for line in warnings.iter().map(|w| format!("warning: {w}")).chain(notes) {
-                    eprintln!("{line}");
-                }
+                report(&warnings, &notes);
                 print(&output)
             }
-            Ok(render_cmd::Outcome::Refused { refusals, warnings }) => {
-                for warning in &warnings {
-                    eprintln!("warning: {warning}");
-                }
+            Ok(render_cmd::Outcome::Refused {
+                refusals,
+                warnings,
+                notes,
+            }) => {
+                report(&warnings, &notes);
                 for refusal in &refusals {
                     eprintln!("error: refusing to render Deployment {:?}:", refusal.deployment);
                     for problem in &refusal.problems {
@@ -49,6 +49,16 @@ fn main() -> ExitCode {
             Ok(yaml) => print(&yaml),
             Err(e) => fail(&e),
         },
+    }
+}
+
+/// A render's warnings and notes, on standard error.
+fn report(warnings: &[String], notes: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    for note in notes {
+        eprintln!("note: {note}");
     }
 }
 
