@@ -47,7 +47,8 @@ pub enum Command {
         service account).\n\n\
         It watches SidecarPolicies and Deployments and keeps every selected Deployment's pod template \
         as its policies ask, writing with server-side apply under the field manager `sidecar-operator`. \
-        Logs go to standard error; RUST_LOG sets the filter (default `info`)."
+        Logs go to standard error, coloured only on a terminal and without NO_COLOR; RUST_LOG sets \
+        the filter (default `info`)."
     )]
     Run(RunArgs),
     /// Print the SidecarPolicy CustomResourceDefinition as YAML.

@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -67,6 +67,7 @@ fn run(args: &RunArgs) -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => logs.json().init(),
@@ -149,6 +150,12 @@ fn run(args: &RunArgs) -> ExitCode {
             },
         }
     })
+}
+
+/// Whether logs on `stream` may be coloured: only on a terminal (a file or a pipe would keep the
+/// escape codes), and not when NO_COLOR is set to anything but empty (https://no-color.org).
+fn colour(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Serves /healthz, /readyz and /metrics in the background.

@@ -822,3 +822,60 @@ fn a_refusal_names_the_namespace_when_there_are_several() {
         "only team-a's Deployment is refused: {err}"
     );
 }
+
+/// Logs written to a pipe or file carry no colour codes. `run` against an API server that is not
+/// there logs a warning at start (the server version cannot be read) and then keeps retrying, so
+/// the test reads standard error until that line and stops the process.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let f = Fixture::new();
+    // Port 1 on the loopback refuses connections at once.
+    let kubeconfig = f.file(
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{name: none, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: none, user: {token: x}}]\n\
+         contexts: [{name: none, context: {cluster: none, user: none}}]\n\
+         current-context: none\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar-operator"))
+        .args(["run", "--http-addr", "127.0.0.1:0", "--namespace", "demo"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if lines.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = received.recv_timeout(Duration::from_secs(60)) {
+        let done = line.contains("could not read the API server version");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = seen.join("\n");
+    assert!(
+        text.contains("could not read the API server version"),
+        "expected the start-up warning:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "colour codes in piped logs:\n{text:?}");
+}
