@@ -23,13 +23,22 @@ pub enum Command {
     /// Render Deployments as the operator would, without a cluster.
     #[command(
         long_about = "Render Deployments as the operator would, without a cluster.\n\n\
-        Reads SidecarPolicies and Deployments from YAML files (several documents per file are fine; \
-        `-` reads standard input) and prints the rendered Deployments, or with --diff a unified diff \
-        against the input. All objects must be in one namespace; objects without a namespace take \
-        the others' namespace, or `default`.\n\n\
-        Exit codes: 0 rendered; 1 bad input (unreadable file, invalid YAML, unknown field, wrong \
-        kind, mixed namespaces); 2 the render was refused (invalid policy, guardrail, conflict), \
-        with every problem printed on standard error."
+        Reads YAML files: several documents per file are fine, a `v1 List` is read item by item, \
+        and `-` reads standard input, so the output of `kustomize build` or `helm template` can be \
+        given as it is. The Deployments (apps/v1) of the --deployment input are rendered, in input \
+        order, and printed, or with --diff shown as a unified diff against the input. SidecarPolicies \
+        (sidecar.dev/v1alpha1) are read from the --policy files and from the --deployment input too, \
+        so --policy can be left out when that input holds the policies. Documents of other kinds are \
+        ignored with a note on standard error, and so are Deployments in --policy files. Each --policy \
+        file must hold a SidecarPolicy, and the --deployment input a Deployment.\n\n\
+        Documents that name no namespace are in the --namespace one (`default` without it); the \
+        output does not name a namespace its input did not. As in a cluster, a SidecarPolicy affects \
+        only the Deployments of its own namespace, so Deployments of several namespaces are each \
+        rendered with their own namespace's policies.\n\n\
+        Exit codes: 0 rendered; 1 bad input (unreadable file, invalid YAML, unknown field, a \
+        Deployment or SidecarPolicy of another apiVersion, a policy name twice in a namespace, no \
+        Deployment or no SidecarPolicy); 2 the render was refused (invalid policy, guardrail, \
+        conflict), with every problem printed on standard error."
     )]
     Render(RenderArgs),
     /// Run the controller against the cluster of the current kubeconfig (or in-cluster config).
@@ -38,7 +47,8 @@ pub enum Command {
         service account).\n\n\
         It watches SidecarPolicies and Deployments and keeps every selected Deployment's pod template \
         as its policies ask, writing with server-side apply under the field manager `sidecar-operator`. \
-        Logs go to standard error; RUST_LOG sets the filter (default `info`)."
+        Logs go to standard error, coloured only on a terminal and without NO_COLOR; RUST_LOG sets \
+        the filter (default `info`)."
     )]
     Run(RunArgs),
     /// Print a CustomResourceDefinition as YAML (`crds/` holds their checked-in output).
@@ -125,12 +135,19 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct RenderArgs {
     /// SidecarPolicy file(s); repeat the flag or give several files. `-` reads standard input.
-    #[arg(long = "policy", short = 'p', value_name = "FILE", required = true, num_args = 1..)]
+    /// Optional when the --deployment input holds the policies.
+    #[arg(long = "policy", short = 'p', value_name = "FILE", num_args = 1..)]
     pub policies: Vec<PathBuf>,
 
-    /// File with the Deployment(s) to render. `-` reads standard input.
+    /// File with the Deployment(s) to render, and possibly SidecarPolicies and other objects.
+    /// `-` reads standard input.
     #[arg(long, short = 'd', value_name = "FILE")]
     pub deployment: PathBuf,
+
+    /// Namespace of the documents that name none (as kubectl's -n); documents that name one keep
+    /// it. Default: `default`.
+    #[arg(long, short = 'n', value_name = "NAMESPACE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub namespace: Option<String>,
 
     /// Print a unified diff against the input instead of the rendered Deployments.
     #[arg(long)]

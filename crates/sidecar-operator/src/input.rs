@@ -1,11 +1,17 @@
 //! Reading SidecarPolicies and Deployments from YAML files, with errors that name the file, the
 //! document and the field.
+//!
+//! A source is split into documents (a `v1 List` into its items, nested Lists too), and each
+//! document is typed by its apiVersion and kind: a [`Document`] of a kind render reads, or an
+//! [`Ignored`] one (the Services, ConfigMaps, ... of `kustomize build` or `helm template`). What
+//! each kind means for a render is decided by the render command, not here.
 
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -30,12 +36,16 @@ pub enum InputError {
         #[source]
         source: serde_norway::Error,
     },
-    #[error("{at} is {found}; expected {expected}")]
-    WrongKind {
+    #[error("{at} is not a Kubernetes object (it needs an apiVersion and a kind)")]
+    NotAnObject { at: DocumentRef },
+    #[error("{at} is a {found}; render reads {expected} only")]
+    UnsupportedVersion {
         at: DocumentRef,
         found: String,
         expected: Kind,
     },
+    #[error("{at} is a v1 List whose items are not a list")]
+    BadList { at: DocumentRef },
     #[error("{at} ({kind} {name:?}): unknown field{} {}", if .fields.len() > 1 { "s" } else { "" }, .fields.join(", "))]
     UnknownFields {
         at: DocumentRef,
@@ -56,20 +66,16 @@ pub enum InputError {
     #[error("{source_name} holds no {expected}")]
     NothingFound { source_name: SourceName, expected: Kind },
     #[error(
-        "{first} is in namespace {first_namespace:?} but {second} is in namespace {second_namespace:?}; \
-         a SidecarPolicy only affects Deployments in its own namespace, so render one namespace at a time"
+        "no SidecarPolicy is given: pass --policy FILE, or include SidecarPolicies in the --deployment input"
     )]
-    MixedNamespaces {
-        first: String,
-        first_namespace: String,
-        second: String,
-        second_namespace: String,
-    },
-    #[error("SidecarPolicy {name:?} is given twice: {first} and {second}")]
+    NoPolicy,
+    #[error("SidecarPolicy {name:?} in namespace {namespace:?} is given twice: {first} and {second}")]
     DuplicatePolicy {
         name: String,
-        first: DocumentRef,
-        second: DocumentRef,
+        namespace: String,
+        // Boxed: two locations would make every InputError this large.
+        first: Box<DocumentRef>,
+        second: Box<DocumentRef>,
     },
 }
 
@@ -96,20 +102,34 @@ impl fmt::Display for SourceName {
     }
 }
 
-/// Document `index` (1-based) of a source.
+/// Document `index` (1-based) of a source, and within a `v1 List` the item (1-based; then the
+/// item of a List nested in that one, and so on).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentRef {
     pub source: SourceName,
     pub index: usize,
+    pub items: Vec<usize>,
+}
+
+impl DocumentRef {
+    fn item(&self, index: usize) -> DocumentRef {
+        let mut item = self.clone();
+        item.items.push(index);
+        item
+    }
 }
 
 impl fmt::Display for DocumentRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} document {}", self.source, self.index)
+        write!(f, "{} document {}", self.source, self.index)?;
+        for (i, item) in self.items.iter().enumerate() {
+            write!(f, "{}{item}", if i == 0 { " item " } else { "." })?;
+        }
+        Ok(())
     }
 }
 
-/// The kinds of object the render command reads.
+/// The kinds of object the render command reads. Every other kind is [`Ignored`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     SidecarPolicy,
@@ -117,6 +137,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 2] = [Kind::SidecarPolicy, Kind::Deployment];
+
     fn api_version(self) -> &'static str {
         match self {
             Kind::SidecarPolicy => "sidecar.dev/v1alpha1",
@@ -130,12 +152,43 @@ impl Kind {
             Kind::Deployment => "Deployment",
         }
     }
+
+    fn group(self) -> &'static str {
+        group(self.api_version())
+    }
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.api_version(), self.name())
     }
+}
+
+/// The API group of an apiVersion: `apps` of `apps/v1`, empty for the core group's `v1`.
+fn group(api_version: &str) -> &str {
+    api_version.split_once('/').map_or("", |(group, _)| group)
+}
+
+/// A document of a kind render reads, as its typed object.
+#[derive(Clone, Debug)]
+pub enum Document {
+    SidecarPolicy(Box<SidecarPolicy>),
+    Deployment(Box<Deployment>),
+}
+
+/// A document of a kind render does not read, such as a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ignored {
+    pub at: DocumentRef,
+    /// apiVersion and kind, as in `v1 Service`.
+    pub kind: String,
+}
+
+/// A source's documents, typed, in the order they appear.
+#[derive(Debug, Default)]
+pub struct Split {
+    pub documents: Vec<Parsed<Document>>,
+    pub ignored: Vec<Ignored>,
 }
 
 /// An object read from a document, with where it came from.
@@ -186,55 +239,101 @@ impl<R: Read> Sources<R> {
     }
 }
 
-/// Every object of `kind` in a (possibly multi-document) YAML text. Empty documents are skipped;
-/// a document of another kind, an unknown field or a type error is an error.
-pub fn parse_all<T: DeserializeOwned>(
-    source: &SourceName,
-    text: &str,
-    kind: Kind,
-) -> Result<Vec<Parsed<T>>, InputError> {
-    let mut objects = Vec::new();
+/// Splits a (possibly multi-document) YAML text into typed documents. Empty documents are
+/// skipped; a `v1 List` is replaced by its items. A document of a kind render reads must parse
+/// as that kind, without unknown fields; one of that kind under another version of its API group
+/// (an `apps/v1beta2 Deployment`) is an error rather than ignored, and so is a document without
+/// apiVersion and kind.
+pub fn split(source: &SourceName, text: &str) -> Result<Split, InputError> {
+    let mut split = Split::default();
     for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let at = DocumentRef {
             source: source.clone(),
             index: i + 1,
+            items: Vec::new(),
         };
         let value = Value::deserialize(document).map_err(|source| InputError::Yaml {
             at: at.clone(),
             source,
         })?;
-        if value.is_null() {
-            continue;
-        }
-        let object = parse_document(&at, value, kind)?;
-        objects.push(Parsed { at, object });
+        split.add(at, value)?;
     }
-    if objects.is_empty() {
-        return Err(InputError::NothingFound {
-            source_name: source.clone(),
-            expected: kind,
-        });
-    }
-    Ok(objects)
+    Ok(split)
 }
 
-fn parse_document<T: DeserializeOwned>(at: &DocumentRef, value: Value, kind: Kind) -> Result<T, InputError> {
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let found_kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
-    if api_version != kind.api_version() || found_kind != kind.name() {
-        let found = match (api_version, found_kind) {
-            ("", "") => "not a Kubernetes object (no apiVersion and kind)".to_owned(),
-            (version, name) => format!("a {version} {name}"),
-        };
-        return Err(InputError::WrongKind {
-            at: at.clone(),
-            found,
-            expected: kind,
-        });
+/// What a document is, by its apiVersion and kind.
+enum Class {
+    Read(Kind),
+    OtherVersion(Kind),
+    List,
+    Other,
+    NotAnObject,
+}
+
+fn classify(api_version: &str, kind: &str) -> Class {
+    if api_version.is_empty() || kind.is_empty() {
+        return Class::NotAnObject;
     }
+    if api_version == "v1" && kind == "List" {
+        return Class::List;
+    }
+    match Kind::ALL.into_iter().find(|k| k.name() == kind) {
+        Some(k) if k.api_version() == api_version => Class::Read(k),
+        Some(k) if k.group() == group(api_version) => Class::OtherVersion(k),
+        _ => Class::Other,
+    }
+}
+
+impl Split {
+    fn add(&mut self, at: DocumentRef, value: Value) -> Result<(), InputError> {
+        if value.is_null() {
+            return Ok(());
+        }
+        let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default();
+        let (api_version, kind) = (text("apiVersion"), text("kind"));
+        match classify(api_version, kind) {
+            Class::NotAnObject => Err(InputError::NotAnObject { at }),
+            Class::OtherVersion(expected) => Err(InputError::UnsupportedVersion {
+                found: format!("{api_version} {kind}"),
+                at,
+                expected,
+            }),
+            Class::Other => {
+                self.ignored.push(Ignored {
+                    kind: format!("{api_version} {kind}"),
+                    at,
+                });
+                Ok(())
+            }
+            Class::List => {
+                let items = match value {
+                    Value::Object(mut list) => list.remove("items").unwrap_or(Value::Null),
+                    _ => Value::Null,
+                };
+                let items = match items {
+                    Value::Null => Vec::new(),
+                    Value::Array(items) => items,
+                    _ => return Err(InputError::BadList { at }),
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    self.add(at.item(i + 1), item)?;
+                }
+                Ok(())
+            }
+            Class::Read(kind) => {
+                let object = match kind {
+                    Kind::SidecarPolicy => Document::SidecarPolicy(Box::new(parse_object(&at, value, kind)?)),
+                    Kind::Deployment => Document::Deployment(Box::new(parse_object(&at, value, kind)?)),
+                };
+                self.documents.push(Parsed { at, object });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A document whose apiVersion and kind are `kind`'s, as that type.
+fn parse_object<T: DeserializeOwned>(at: &DocumentRef, value: Value, kind: Kind) -> Result<T, InputError> {
     let name = value
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -244,7 +343,7 @@ fn parse_document<T: DeserializeOwned>(at: &DocumentRef, value: Value, kind: Kin
         return Err(InputError::Unnamed { at: at.clone(), kind });
     }
     let mut unknown = Vec::new();
-    // apiVersion and kind were checked above; the derived CRD type does not read them.
+    // apiVersion and kind were checked by classify; the derived CRD type does not read them.
     let object = serde_ignored::deserialize(value, |path| {
         let path = field_path(&path);
         if path != "apiVersion" && path != "kind" {
@@ -285,81 +384,40 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
-/// Puts every object in one namespace: the one that those with a namespace share, or `default`.
-/// Returns whether each Deployment had its namespace set, so the output can leave it out again.
-pub fn unify_namespaces(
-    policies: &mut [Parsed<SidecarPolicy>],
-    deployments: &mut [Parsed<Deployment>],
-) -> Result<Vec<bool>, InputError> {
-    let mut chosen: Option<(String, String)> = None; // (namespace, who set it)
-    let described = policies
-        .iter()
-        .map(|p| {
-            (
-                describe(&p.at, Kind::SidecarPolicy, p.object.metadata.name.as_deref()),
-                p.object.metadata.namespace.clone(),
-            )
-        })
-        .chain(deployments.iter().map(|d| {
-            (
-                describe(&d.at, Kind::Deployment, d.object.metadata.name.as_deref()),
-                d.object.metadata.namespace.clone(),
-            )
-        }));
-    for (who, namespace) in described {
-        let Some(namespace) = namespace else { continue };
-        match &chosen {
-            None => chosen = Some((namespace, who)),
-            Some((first_namespace, first)) if *first_namespace != namespace => {
-                return Err(InputError::MixedNamespaces {
-                    first: first.clone(),
-                    first_namespace: first_namespace.clone(),
-                    second: who,
-                    second_namespace: namespace,
-                });
-            }
-            Some(_) => {}
+/// Puts an object that names no namespace in `namespace`, as kubectl's `-n` does, and says
+/// whether it named one (an empty namespace names none), so that the output can leave it out
+/// again.
+pub fn place(metadata: &mut ObjectMeta, namespace: &str) -> bool {
+    match &metadata.namespace {
+        Some(named) if !named.is_empty() => true,
+        _ => {
+            metadata.namespace = Some(namespace.to_owned());
+            false
         }
     }
-    let namespace = chosen.map(|(ns, _)| ns).unwrap_or_else(|| "default".to_owned());
-    for p in policies.iter_mut() {
-        p.object
-            .metadata
-            .namespace
-            .get_or_insert_with(|| namespace.clone());
-    }
-    let had_namespace = deployments
-        .iter()
-        .map(|d| d.object.metadata.namespace.is_some())
-        .collect();
-    for d in deployments.iter_mut() {
-        d.object
-            .metadata
-            .namespace
-            .get_or_insert_with(|| namespace.clone());
-    }
-    Ok(had_namespace)
 }
 
-/// Duplicate policy names would make the render depend on file order.
+/// Two policies of the same name in one namespace would make the render depend on file order.
+/// The namespaces must have been [placed](place) first; the same name in two namespaces is fine.
 pub fn check_unique_policies(policies: &[Parsed<SidecarPolicy>]) -> Result<(), InputError> {
+    let key = |p: &Parsed<SidecarPolicy>| {
+        (
+            p.object.metadata.namespace.clone(),
+            p.object.metadata.name.clone(),
+        )
+    };
     for (i, policy) in policies.iter().enumerate() {
-        if let Some(earlier) = policies[..i]
-            .iter()
-            .find(|p| p.object.metadata.name == policy.object.metadata.name)
-        {
+        if let Some(earlier) = policies[..i].iter().find(|p| key(p) == key(policy)) {
+            let (namespace, name) = key(policy);
             return Err(InputError::DuplicatePolicy {
-                name: policy.object.metadata.name.clone().unwrap_or_default(),
-                first: earlier.at.clone(),
-                second: policy.at.clone(),
+                name: name.unwrap_or_default(),
+                namespace: namespace.unwrap_or_default(),
+                first: Box::new(earlier.at.clone()),
+                second: Box::new(policy.at.clone()),
             });
         }
     }
     Ok(())
-}
-
-fn describe(at: &DocumentRef, kind: Kind, name: Option<&str>) -> String {
-    format!("{} {:?} ({at})", kind.name(), name.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -371,28 +429,142 @@ mod tests {
     }
 
     const POLICY: &str = "apiVersion: sidecar.dev/v1alpha1\nkind: SidecarPolicy\nmetadata: {name: p}\nspec:\n  selector: {}\n  sidecars: [{name: s, image: \"b:1\"}]\n";
+    const DEPLOYMENT: &str =
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {}\n  template: {}\n";
+
+    /// Each typed document as `kind name at`, in order.
+    fn summary(split: &Split) -> Vec<String> {
+        split
+            .documents
+            .iter()
+            .map(|d| match &d.object {
+                Document::SidecarPolicy(p) => {
+                    format!("policy {} at {}", p.metadata.name.as_deref().unwrap_or("?"), d.at)
+                }
+                Document::Deployment(x) => format!(
+                    "deployment {} at {}",
+                    x.metadata.name.as_deref().unwrap_or("?"),
+                    d.at
+                ),
+            })
+            .collect()
+    }
+
+    fn error(text: &str) -> String {
+        split(&source(), text).unwrap_err().to_string()
+    }
 
     #[test]
     fn multi_document_input_skips_empty_documents() {
-        let text = format!("---\n{POLICY}---\n---\n{}", POLICY.replace("name: p", "name: q"));
-        let parsed: Vec<Parsed<SidecarPolicy>> = parse_all(&source(), &text, Kind::SidecarPolicy).unwrap();
-        let names: Vec<_> = parsed
-            .iter()
-            .map(|p| p.object.metadata.name.clone().unwrap())
-            .collect();
-        assert_eq!(names, ["p", "q"]);
+        let text = format!(
+            "---\n{POLICY}---\n# only a comment\n---\n{}",
+            POLICY.replace("name: p", "name: q")
+        );
+        let found = split(&source(), &text).unwrap();
         assert_eq!(
-            parsed[1].at.index, 3,
+            summary(&found),
+            ["policy p at in.yaml document 1", "policy q at in.yaml document 3"],
             "document numbers count empty documents too"
         );
+        assert!(found.ignored.is_empty());
+    }
+
+    #[test]
+    fn other_kinds_are_set_aside_in_order() {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n---\n{DEPLOYMENT}---\n\
+             apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: x}}\n---\n{POLICY}"
+        );
+        let found = split(&source(), &text).unwrap();
+        assert_eq!(
+            summary(&found),
+            [
+                "deployment d at in.yaml document 2",
+                "policy p at in.yaml document 4"
+            ]
+        );
+        let ignored: Vec<String> = found
+            .ignored
+            .iter()
+            .map(|i| format!("{} at {}", i.kind, i.at))
+            .collect();
+        assert_eq!(
+            ignored,
+            [
+                "v1 Service at in.yaml document 1",
+                "apiextensions.k8s.io/v1 CustomResourceDefinition at in.yaml document 3"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kind_of_another_group_is_ignored_but_another_version_is_an_error() {
+        let elsewhere = DEPLOYMENT.replace("apps/v1", "example.com/v1");
+        let found = split(&source(), &elsewhere).unwrap();
+        assert!(found.documents.is_empty());
+        assert_eq!(found.ignored[0].kind, "example.com/v1 Deployment");
+
+        assert_eq!(
+            error(&DEPLOYMENT.replace("apps/v1", "apps/v1beta2")),
+            "in.yaml document 1 is a apps/v1beta2 Deployment; render reads apps/v1 Deployment only"
+        );
+        assert_eq!(
+            error(&POLICY.replace("v1alpha1", "v1")),
+            "in.yaml document 1 is a sidecar.dev/v1 SidecarPolicy; render reads sidecar.dev/v1alpha1 SidecarPolicy only"
+        );
+    }
+
+    #[test]
+    fn lists_are_expanded_and_items_are_named() {
+        let indent = |text: &str, by: &str| {
+            text.lines()
+                .enumerate()
+                .map(|(i, line)| format!("{}{line}\n", if i == 0 { "- " } else { by }))
+                .collect::<String>()
+        };
+        let stream = |nested: &str| {
+            let inner = format!(
+                "apiVersion: v1\nkind: List\nitems:\n{}{}",
+                indent("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}", "  "),
+                indent(nested, "  ")
+            );
+            format!(
+                "{POLICY}---\napiVersion: v1\nkind: List\nitems:\n{}{}",
+                indent(DEPLOYMENT, "  "),
+                indent(&inner, "  ")
+            )
+        };
+        let nested = DEPLOYMENT.replace("name: d", "name: nested");
+        let text = stream(&nested);
+        let found = split(&source(), &text).unwrap();
+        assert_eq!(
+            summary(&found),
+            [
+                "policy p at in.yaml document 1",
+                "deployment d at in.yaml document 2 item 1",
+                "deployment nested at in.yaml document 2 item 2.2",
+            ]
+        );
+        assert_eq!(found.ignored[0].at.to_string(), "in.yaml document 2 item 2.1");
+
+        let typo = nested.replace("  selector: {}", "  selector: {}\n  replica: 3");
+        assert_eq!(
+            error(&stream(&typo)),
+            "in.yaml document 2 item 2.2 (apps/v1 Deployment \"nested\"): unknown field spec.replica"
+        );
+        assert_eq!(
+            error("apiVersion: v1\nkind: List\nitems: {a: 1}\n"),
+            "in.yaml document 1 is a v1 List whose items are not a list"
+        );
+        let empty = split(&source(), "apiVersion: v1\nkind: List\nitems: []\n").unwrap();
+        assert!(empty.documents.is_empty() && empty.ignored.is_empty());
     }
 
     #[test]
     fn unknown_fields_are_named() {
         let text = POLICY.replace("  selector: {}", "  selector: {}\n  sidecar: []");
-        let err = parse_all::<SidecarPolicy>(&source(), &text, Kind::SidecarPolicy).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            error(&text),
             "in.yaml document 1 (sidecar.dev/v1alpha1 SidecarPolicy \"p\"): unknown field spec.sidecar"
         );
     }
@@ -400,9 +572,8 @@ mod tests {
     #[test]
     fn unknown_fields_in_nested_types_have_engine_style_paths() {
         let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n      - {name: a, image: x}\n      - {name: b, imagee: x}\n";
-        let err = parse_all::<Deployment>(&source(), deployment, Kind::Deployment).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            error(deployment),
             "in.yaml document 1 (apps/v1 Deployment \"d\"): unknown field spec.template.spec.containers[1].imagee"
         );
 
@@ -410,10 +581,9 @@ mod tests {
             "image: \"b:1\"",
             "image: \"b:1\", startupProbe: {exec: {comand: [x]}}",
         );
-        let err = parse_all::<SidecarPolicy>(&source(), &probe, Kind::SidecarPolicy).unwrap_err();
+        let err = error(&probe);
         assert!(
-            err.to_string()
-                .ends_with("unknown field spec.sidecars[0].startupProbe.exec.comand"),
+            err.ends_with("unknown field spec.sidecars[0].startupProbe.exec.comand"),
             "{err}"
         );
     }
@@ -432,36 +602,63 @@ mod tests {
     }
 
     #[test]
-    fn wrong_kinds_are_named() {
-        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n";
-        let err = parse_all::<SidecarPolicy>(&source(), text, Kind::SidecarPolicy).unwrap_err();
+    fn documents_that_are_not_objects_are_named() {
         assert_eq!(
-            err.to_string(),
-            "in.yaml document 1 is a v1 Service; expected sidecar.dev/v1alpha1 SidecarPolicy"
+            error("a: 1\n"),
+            "in.yaml document 1 is not a Kubernetes object (it needs an apiVersion and a kind)"
+        );
+        assert_eq!(
+            error("kind: Deployment\nmetadata: {name: d}\n"),
+            "in.yaml document 1 is not a Kubernetes object (it needs an apiVersion and a kind)"
+        );
+        assert_eq!(
+            error(&POLICY.replace("{name: p}", "{namespace: x}")),
+            "in.yaml document 1: sidecar.dev/v1alpha1 SidecarPolicy has no metadata.name"
         );
     }
 
     #[test]
     fn yaml_errors_carry_the_document() {
-        let err = parse_all::<SidecarPolicy>(&source(), "a: [1,\n", Kind::SidecarPolicy).unwrap_err();
-        assert!(
-            err.to_string().starts_with("in.yaml document 1: invalid YAML"),
-            "{err}"
-        );
+        let err = error("a: [1,\n");
+        assert!(err.starts_with("in.yaml document 1: invalid YAML"), "{err}");
     }
 
     #[test]
-    fn namespaces_are_unified_or_refused() {
-        let mut policies: Vec<Parsed<SidecarPolicy>> =
-            parse_all(&source(), POLICY, Kind::SidecarPolicy).unwrap();
-        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: team}\nspec:\n  selector: {}\n  template: {}\n";
-        let mut deployments: Vec<Parsed<Deployment>> =
-            parse_all(&source(), deployment, Kind::Deployment).unwrap();
-        assert_eq!(unify_namespaces(&mut policies, &mut deployments).unwrap(), [true]);
-        assert_eq!(policies[0].object.metadata.namespace.as_deref(), Some("team"));
+    fn placing_fills_only_a_missing_namespace() {
+        let mut meta = ObjectMeta::default();
+        assert!(!place(&mut meta, "team"));
+        assert_eq!(meta.namespace.as_deref(), Some("team"));
+        assert!(place(&mut meta, "other"), "it has one now");
+        assert_eq!(meta.namespace.as_deref(), Some("team"));
 
-        policies[0].object.metadata.namespace = Some("other".into());
-        let err = unify_namespaces(&mut policies, &mut deployments).unwrap_err();
-        assert!(matches!(err, InputError::MixedNamespaces { .. }), "{err}");
+        let mut empty = ObjectMeta {
+            namespace: Some(String::new()),
+            ..ObjectMeta::default()
+        };
+        assert!(!place(&mut empty, "team"), "an empty namespace is none");
+        assert_eq!(empty.namespace.as_deref(), Some("team"));
+    }
+
+    #[test]
+    fn policy_names_are_unique_per_namespace() {
+        let text = format!("{POLICY}---\n{POLICY}");
+        let mut policies: Vec<Parsed<SidecarPolicy>> = split(&source(), &text)
+            .unwrap()
+            .documents
+            .into_iter()
+            .filter_map(|d| match d.object {
+                Document::SidecarPolicy(p) => Some(Parsed { at: d.at, object: *p }),
+                Document::Deployment(_) => None,
+            })
+            .collect();
+        policies[0].object.metadata.namespace = Some("a".into());
+        policies[1].object.metadata.namespace = Some("b".into());
+        check_unique_policies(&policies).unwrap();
+
+        policies[1].object.metadata.namespace = Some("a".into());
+        assert_eq!(
+            check_unique_policies(&policies).unwrap_err().to_string(),
+            "SidecarPolicy \"p\" in namespace \"a\" is given twice: in.yaml document 1 and in.yaml document 2"
+        );
     }
 }

@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,15 +26,15 @@ fn main() -> ExitCode {
                 warnings,
                 notes,
             }) => {
-                for line in warnings.iter().map(|w| format!("warning: {w}")).chain(notes) {
-                    eprintln!("{line}");
-                }
+                report(&warnings, &notes);
                 print(&output)
             }
-            Ok(render_cmd::Outcome::Refused { refusals, warnings }) => {
-                for warning in &warnings {
-                    eprintln!("warning: {warning}");
-                }
+            Ok(render_cmd::Outcome::Refused {
+                refusals,
+                warnings,
+                notes,
+            }) => {
+                report(&warnings, &notes);
                 for refusal in &refusals {
                     eprintln!("error: refusing to render Deployment {:?}:", refusal.deployment);
                     for problem in &refusal.problems {
@@ -59,11 +59,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// A render's warnings and notes, on standard error.
+fn report(warnings: &[String], notes: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+}
+
 fn run(args: &RunArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => logs.json().init(),
@@ -150,6 +161,12 @@ fn run(args: &RunArgs) -> ExitCode {
             },
         }
     })
+}
+
+/// Whether logs on `stream` may be coloured: only on a terminal (a file or a pipe would keep the
+/// escape codes), and not when NO_COLOR is set to anything but empty (https://no-color.org).
+fn colour(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Serves /healthz, /readyz and /metrics in the background.

@@ -1,5 +1,6 @@
 //! `sidecar-operator render`: the engine on files, without a cluster.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -8,7 +9,7 @@ use sidecar_core::{PolicySet, Refusal};
 use similar::TextDiff;
 
 use crate::cli::RenderArgs;
-use crate::input::{self, InputError, Kind, Parsed, Sources};
+use crate::input::{self, Document, Ignored, InputError, Kind, Parsed, SourceName, Sources};
 
 /// What a render printed, or why it was refused.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ pub enum Outcome {
     Refused {
         refusals: Vec<Refusal>,
         warnings: Vec<String>,
+        notes: Vec<String>,
     },
 }
 
@@ -38,25 +40,170 @@ pub enum RenderError {
     },
 }
 
-pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> {
-    let mut sources = Sources::new(stdin);
-    let mut policies: Vec<Parsed<SidecarPolicy>> = Vec::new();
-    for path in &args.policies {
-        let (name, text) = sources.read(path)?;
-        policies.extend(input::parse_all(&name, &text, Kind::SidecarPolicy)?);
-    }
-    let (deployment_source, text) = sources.read(&args.deployment)?;
-    let mut deployments: Vec<Parsed<Deployment>> =
-        input::parse_all(&deployment_source, &text, Kind::Deployment)?;
-    input::check_unique_policies(&policies)?;
-    let had_namespace = input::unify_namespaces(&mut policies, &mut deployments)?;
+/// The namespace of documents that name none, without `--namespace`.
+const DEFAULT_NAMESPACE: &str = "default";
 
-    let policies: Vec<SidecarPolicy> = policies.into_iter().map(|p| p.object).collect();
-    let set = PolicySet::new(&policies, &args.guardrails.to_guardrails());
+/// The objects of one render: every policy (from the `--policy` files and the `--deployment`
+/// input) and the Deployments to render (from the `--deployment` input), in input order.
+#[derive(Debug, Default)]
+struct Inputs {
+    policies: Vec<Parsed<SidecarPolicy>>,
+    deployments: Vec<Parsed<Deployment>>,
+    notes: Vec<String>,
+}
+
+impl Inputs {
+    fn read(args: &RenderArgs, stdin: impl Read) -> Result<Inputs, InputError> {
+        let mut sources = Sources::new(stdin);
+        let mut inputs = Inputs::default();
+        for path in &args.policies {
+            let (name, text) = sources.read(path)?;
+            let split = input::split(&name, &text)?;
+            let before = inputs.policies.len();
+            let mut not_rendered = Vec::new();
+            for document in split.documents {
+                match document.object {
+                    Document::SidecarPolicy(policy) => inputs.policies.push(Parsed {
+                        at: document.at,
+                        object: *policy,
+                    }),
+                    Document::Deployment(_) => not_rendered.push(document.at),
+                }
+            }
+            if inputs.policies.len() == before {
+                return Err(InputError::NothingFound {
+                    source_name: name,
+                    expected: Kind::SidecarPolicy,
+                });
+            }
+            inputs.note_ignored(&name, &split.ignored);
+            if let Some(first) = not_rendered.first() {
+                inputs.notes.push(format!(
+                    "{name}: {} not rendered ({first}{}): only the Deployments of --deployment are",
+                    count(not_rendered.len(), "Deployment"),
+                    if not_rendered.len() > 1 { " and others" } else { "" },
+                ));
+            }
+        }
+
+        let (name, text) = sources.read(&args.deployment)?;
+        let split = input::split(&name, &text)?;
+        for document in split.documents {
+            let at = document.at;
+            match document.object {
+                Document::SidecarPolicy(policy) => inputs.policies.push(Parsed { at, object: *policy }),
+                Document::Deployment(deployment) => inputs.deployments.push(Parsed {
+                    at,
+                    object: *deployment,
+                }),
+            }
+        }
+        if inputs.deployments.is_empty() {
+            return Err(InputError::NothingFound {
+                source_name: name,
+                expected: Kind::Deployment,
+            });
+        }
+        if inputs.policies.is_empty() {
+            return Err(InputError::NoPolicy);
+        }
+        inputs.note_ignored(&name, &split.ignored);
+        Ok(inputs)
+    }
+
+    /// One note per source for the documents render does not read, naming how many of each kind.
+    fn note_ignored(&mut self, source: &SourceName, ignored: &[Ignored]) {
+        let mut kinds: Vec<(&str, usize)> = Vec::new();
+        for document in ignored {
+            match kinds.iter_mut().find(|(kind, _)| *kind == document.kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((&document.kind, 1)),
+            }
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        let kinds: Vec<String> = kinds.into_iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+        self.notes.push(format!(
+            "{source}: ignored {} of kinds render does not read: {}",
+            count(ignored.len(), "document"),
+            kinds.join(", ")
+        ));
+    }
+}
+
+/// `1 document`, `3 documents`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> {
+    let Inputs {
+        mut policies,
+        mut deployments,
+        mut notes,
+    } = Inputs::read(args, stdin)?;
+
+    // Documents without a namespace are in --namespace (or `default`), as with kubectl; the
+    // output leaves out again what the input left out.
+    let namespace = args.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let policy_had_namespace: Vec<bool> = policies
+        .iter_mut()
+        .map(|p| input::place(&mut p.object.metadata, namespace))
+        .collect();
+    let had_namespace: Vec<bool> = deployments
+        .iter_mut()
+        .map(|d| input::place(&mut d.object.metadata, namespace))
+        .collect();
+    input::check_unique_policies(&policies)?;
+
+    // A SidecarPolicy affects only Deployments of its own namespace: one PolicySet each.
+    let rendered_namespaces: BTreeSet<&str> = deployments.iter().map(|d| namespace_of(&d.object)).collect();
+    for (policy, had_namespace) in policies.iter().zip(policy_had_namespace) {
+        let policy_namespace = policy.object.metadata.namespace.as_deref().unwrap_or_default();
+        if !rendered_namespaces.contains(policy_namespace) {
+            notes.push(format!(
+                "SidecarPolicy {:?} ({}) is in namespace {policy_namespace:?}, where no Deployment is given{}",
+                policy.object.metadata.name.as_deref().unwrap_or_default(),
+                policy.at,
+                if had_namespace {
+                    ""
+                } else {
+                    "; --namespace sets the namespace of documents that name none"
+                }
+            ));
+        }
+    }
+    let mut by_namespace: BTreeMap<String, Vec<SidecarPolicy>> = BTreeMap::new();
+    for policy in policies {
+        let policy_namespace = policy.object.metadata.namespace.clone().unwrap_or_default();
+        by_namespace
+            .entry(policy_namespace)
+            .or_default()
+            .push(policy.object);
+    }
+    let guardrails = args.guardrails.to_guardrails();
+    let sets: BTreeMap<&str, PolicySet> = by_namespace
+        .iter()
+        .map(|(ns, policies)| (ns.as_str(), PolicySet::new(policies, &guardrails)))
+        .collect();
+    let no_policies = PolicySet::new(&[], &guardrails);
+    // With Deployments of several namespaces, messages name the namespace too.
+    let several = rendered_namespaces.len() > 1;
+    let label = |deployment: &Deployment| {
+        let name = deployment.metadata.name.clone().unwrap_or_default();
+        if several {
+            format!("{}/{name}", namespace_of(deployment))
+        } else {
+            name
+        }
+    };
+
     let mut warnings = Vec::new();
     let mut refusals = Vec::new();
     let mut rendered = Vec::new();
     for (parsed, had_namespace) in deployments.iter().zip(had_namespace) {
+        let set = sets.get(namespace_of(&parsed.object)).unwrap_or(&no_policies);
         match set.render(&parsed.object) {
             Ok(result) => {
                 push_unique(&mut warnings, result.warnings.iter().map(ToString::to_string));
@@ -67,30 +214,32 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
                     output.metadata.namespace = None;
                     input.metadata.namespace = None;
                 }
-                rendered.push((input, output));
+                rendered.push((&parsed.at.source, label(&parsed.object), input, output));
             }
-            Err(refusal) => {
+            Err(mut refusal) => {
                 push_unique(&mut warnings, refusal.warnings.iter().map(ToString::to_string));
+                refusal.deployment = label(&parsed.object);
                 refusals.push(refusal);
             }
         }
     }
     if !refusals.is_empty() {
-        return Ok(Outcome::Refused { refusals, warnings });
+        return Ok(Outcome::Refused {
+            refusals,
+            warnings,
+            notes,
+        });
     }
 
     let mut output = String::new();
-    let mut notes = Vec::new();
-    for (i, (input, rendered)) in rendered.iter().enumerate() {
-        let name = rendered.metadata.name.clone().unwrap_or_default();
-        let yaml = to_yaml(rendered, &name)?;
+    for (i, (file, name, input, rendered)) in rendered.iter().enumerate() {
+        let yaml = to_yaml(rendered, name)?;
         if args.diff {
-            let before = to_yaml(input, &name)?;
+            let before = to_yaml(input, name)?;
             if before == yaml {
                 notes.push(format!("Deployment {name:?}: no change"));
                 continue;
             }
-            let file = &deployment_source;
             let diff = TextDiff::from_lines(&before, &yaml);
             output.push_str(
                 &diff
@@ -114,6 +263,10 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
         warnings,
         notes,
     })
+}
+
+fn namespace_of(deployment: &Deployment) -> &str {
+    deployment.metadata.namespace.as_deref().unwrap_or_default()
 }
 
 fn to_yaml(deployment: &Deployment, name: &str) -> Result<String, RenderError> {

@@ -186,12 +186,31 @@ fn unknown_fields_name_file_document_and_path() {
 }
 
 #[test]
-fn wrong_kind_is_refused() {
+fn a_policy_file_holding_only_a_deployment_is_an_error() {
     let f = Fixture::new();
-    let out = render(&f.file("p.yaml", DEPLOYMENT), &f.file("d.yaml", DEPLOYMENT), &[]);
+    let p = f.file("p.yaml", DEPLOYMENT);
+    let out = render(&p, &f.file("d.yaml", DEPLOYMENT), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {} holds no sidecar.dev/v1alpha1 SidecarPolicy\n",
+            p.display()
+        )
+    );
+}
+
+#[test]
+fn another_version_of_a_read_kind_is_an_error() {
+    let f = Fixture::new();
+    let d = f.file("d.yaml", &DEPLOYMENT.replace("apps/v1", "apps/v1beta2"));
+    let out = render(&f.file("p.yaml", POLICY), &d, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("is a apps/v1 Deployment; expected sidecar.dev/v1alpha1 SidecarPolicy"),
+        stderr(&out).contains(&format!(
+            "{} document 1 is a apps/v1beta2 Deployment; render reads apps/v1 Deployment only",
+            d.display()
+        )),
         "{}",
         stderr(&out)
     );
@@ -211,7 +230,7 @@ fn yaml_syntax_errors_name_the_file() {
 }
 
 #[test]
-fn a_policy_from_another_namespace_is_refused() {
+fn a_policy_affects_only_its_own_namespace() {
     let f = Fixture::new();
     let policy = POLICY.replace(
         "metadata: {name: log-shipper}",
@@ -221,10 +240,18 @@ fn a_policy_from_another_namespace_is_refused() {
         "metadata: {name: web,",
         "metadata: {name: web, namespace: team-b,",
     );
-    let out = render(&f.file("p.yaml", &policy), &f.file("d.yaml", &deployment), &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(err.contains("\"team-a\"") && err.contains("\"team-b\""), "{err}");
+    let p = f.file("p.yaml", &policy);
+    let out = render(&p, &f.file("d.yaml", &deployment), &["--diff"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "note: SidecarPolicy \"log-shipper\" ({} document 1) is in namespace \"team-a\", where no Deployment is given\n\
+             note: Deployment \"web\": no change\n",
+            p.display()
+        )
+    );
 }
 
 #[test]
@@ -363,11 +390,12 @@ fn unknown_fields_in_kubernetes_types_have_engine_style_paths() {
 #[test]
 fn several_deployments_are_rendered_as_one_stream() {
     let f = Fixture::new();
-    // The first Deployment names the namespace; the second takes it, but does not print it.
+    // The first Deployment names the namespace; the second and the policy are put in it by
+    // --namespace, and the second is printed without it, as written.
     let first = DEPLOYMENT.replace("metadata: {name: web,", "metadata: {name: web, namespace: shop,");
     let second = DEPLOYMENT.replace("metadata: {name: web,", "metadata: {name: web2,");
     let d = f.file("d.yaml", &format!("{first}---\n{second}---\n"));
-    let out = render(&f.file("p.yaml", POLICY), &d, &[]);
+    let out = render(&f.file("p.yaml", POLICY), &d, &["--namespace", "shop"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     let documents: Vec<k8s_openapi::api::apps::v1::Deployment> = text
@@ -424,7 +452,7 @@ fn duplicate_policy_names_are_refused() {
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
-            "SidecarPolicy \"log-shipper\" is given twice: {} document 1 and {} document 1",
+            "SidecarPolicy \"log-shipper\" in namespace \"default\" is given twice: {} document 1 and {} document 1",
             p1.display(),
             p2.display()
         )),
@@ -488,4 +516,366 @@ fn a_file_without_the_expected_kind_is_an_error() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The Deployments printed on standard output, in order.
+fn documents(o: &Output) -> Vec<k8s_openapi::api::apps::v1::Deployment> {
+    stdout(o)
+        .split("\n---\n")
+        .map(|doc| serde_norway::from_str(doc).unwrap())
+        .collect()
+}
+
+/// The names of a rendered Deployment's init containers (the injected ones).
+fn injected(d: &k8s_openapi::api::apps::v1::Deployment) -> Vec<String> {
+    let pod = d.spec.template.spec.as_ref().unwrap();
+    pod.init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// `text` as the entry of a YAML sequence, indented by `depth` levels.
+fn item(text: &str, depth: usize) -> String {
+    let pad = "  ".repeat(depth);
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| format!("{pad}{}{line}\n", if i == 0 { "- " } else { "  " }))
+        .collect()
+}
+
+/// What `kubectl get deploy -o yaml` prints: a v1 List, here with a List nested in it.
+#[test]
+fn lists_and_nested_lists_are_read_item_by_item() {
+    let f = Fixture::new();
+    let api = DEPLOYMENT.replace("name: web,", "name: api,");
+    let nested = format!("apiVersion: v1\nkind: List\nitems:\n{}", item(&api, 0));
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}{}",
+        item(DEPLOYMENT, 0),
+        item(&nested, 0)
+    );
+    let out = render(&f.file("p.yaml", POLICY), &f.file("d.yaml", &list), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rendered = documents(&out);
+    let names: Vec<_> = rendered
+        .iter()
+        .map(|d| d.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "api"], "in input order");
+    for d in &rendered {
+        assert_eq!(injected(d), ["shipper"]);
+    }
+
+    // An error inside names the document and the item of each List.
+    let typo = api.replace("image: \"nginx:1.27\"", "imagee: \"nginx:1.27\"");
+    let nested = format!("apiVersion: v1\nkind: List\nitems:\n{}", item(&typo, 0));
+    let list = format!(
+        "{POLICY}---\napiVersion: v1\nkind: List\nitems:\n{}{}",
+        item(DEPLOYMENT, 0),
+        item(&nested, 0)
+    );
+    let d = f.file("bad.yaml", &list);
+    let out = render(&f.file("p2.yaml", POLICY), &d, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{} document 2 item 2.1 (apps/v1 Deployment \"api\"): unknown field spec.template.spec.containers[0].imagee",
+            d.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `kustomize build` output, on standard input: the policy comes with the Deployment, and the
+/// other kinds are noted, not refused.
+#[test]
+fn kustomize_output_renders_its_deployments_with_its_policies() {
+    let stream = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: web}}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web-config}}\ndata: {{a: b}}\n---\n\
+         {POLICY}---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{ports: [{{port: 80}}]}}\n---\n\
+         # a comment only\n---\n\
+         {DEPLOYMENT}---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web-headless}}\n"
+    );
+    let out = run(&["render", "--deployment", "-"], Some(&stream));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "note: standard input: ignored 4 documents of kinds render does not read: \
+         1 v1 ServiceAccount, 1 v1 ConfigMap, 2 v1 Service\n"
+    );
+    let rendered = documents(&out);
+    assert_eq!(
+        rendered.len(),
+        1,
+        "only Deployments are printed: {}",
+        stdout(&out)
+    );
+    assert_eq!(injected(&rendered[0]), ["shipper"]);
+}
+
+#[test]
+fn deployments_in_a_policy_file_are_not_rendered() {
+    let f = Fixture::new();
+    let p = f.file("p.yaml", &format!("{DEPLOYMENT}---\n{POLICY}"));
+    let api = DEPLOYMENT.replace("name: web,", "name: api,");
+    let out = render(&p, &f.file("d.yaml", &api), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "note: {0}: 1 Deployment not rendered ({0} document 1): only the Deployments of --deployment are\n",
+            p.display()
+        )
+    );
+    let rendered = documents(&out);
+    assert_eq!(rendered.len(), 1);
+    assert_eq!(rendered[0].metadata.name.as_deref(), Some("api"));
+}
+
+#[test]
+fn a_deployment_input_without_a_deployment_is_an_error() {
+    let f = Fixture::new();
+    let d = f.file(
+        "d.yaml",
+        &format!("{POLICY}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n"),
+    );
+    let out = render(&f.file("p.yaml", POLICY), &d, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!("error: {} holds no apps/v1 Deployment\n", d.display())
+    );
+}
+
+#[test]
+fn without_any_policy_nothing_is_rendered() {
+    let f = Fixture::new();
+    let out = render_without_policy(&f.file("d.yaml", DEPLOYMENT));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no SidecarPolicy is given: pass --policy FILE"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn render_without_policy(deployment: &Path) -> Output {
+    run(&["render", "--deployment", deployment.to_str().unwrap()], None)
+}
+
+#[test]
+fn namespace_flag_places_the_documents_that_name_none() {
+    let f = Fixture::new();
+    let policy = POLICY.replace(
+        "metadata: {name: log-shipper}",
+        "metadata: {name: log-shipper, namespace: team}",
+    );
+    let p = f.file("p.yaml", &policy);
+    let d = f.file("d.yaml", DEPLOYMENT);
+
+    // Without --namespace the Deployment is in `default`, where the policy is not.
+    let out = render(&p, &d, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(injected(&documents(&out)[0]), Vec::<String>::new());
+    assert!(
+        stderr(&out).contains("is in namespace \"team\", where no Deployment is given"),
+        "{}",
+        stderr(&out)
+    );
+
+    for flag in ["--namespace", "-n"] {
+        let out = render(&p, &d, &[flag, "team"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+        let rendered = documents(&out);
+        assert_eq!(injected(&rendered[0]), ["shipper"]);
+        assert_eq!(
+            rendered[0].metadata.namespace, None,
+            "the output names no namespace the input did not"
+        );
+    }
+}
+
+/// Two namespaces, each with its own policy of the same name: each Deployment gets only its
+/// namespace's sidecar, and messages name the namespace.
+#[test]
+fn each_namespace_is_rendered_with_its_own_policies() {
+    let f = Fixture::new();
+    let policy = |ns: &str, sidecar: &str| {
+        POLICY
+            .replace(
+                "metadata: {name: log-shipper}",
+                &format!("metadata: {{name: log-shipper, namespace: {ns}}}"),
+            )
+            .replace("name: shipper", &format!("name: {sidecar}"))
+    };
+    let deployment = |ns: &str| {
+        DEPLOYMENT.replace(
+            "metadata: {name: web,",
+            &format!("metadata: {{name: web, namespace: {ns},"),
+        )
+    };
+    let p = f.file(
+        "p.yaml",
+        &format!(
+            "{}---\n{}",
+            policy("team-a", "a-agent"),
+            policy("team-b", "b-agent")
+        ),
+    );
+    let d = f.file(
+        "d.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            deployment("team-b"),
+            deployment("team-a"),
+            deployment("team-c")
+        ),
+    );
+    let out = render(&p, &d, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let rendered = documents(&out);
+    let got: Vec<(String, Vec<String>)> = rendered
+        .iter()
+        .map(|d| (d.metadata.namespace.clone().unwrap(), injected(d)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("team-b".to_owned(), vec!["b-agent".to_owned()]),
+            ("team-a".to_owned(), vec!["a-agent".to_owned()]),
+            ("team-c".to_owned(), vec![]),
+        ],
+        "input order, each with its own namespace's sidecar"
+    );
+
+    let diff = render(&p, &d, &["--diff"]);
+    assert_eq!(diff.status.code(), Some(0), "{}", stderr(&diff));
+    let text = stdout(&diff);
+    assert!(
+        text.starts_with(&format!(
+            "--- {} (Deployment team-b/web, as written)\n",
+            d.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("(Deployment team-a/web, rendered)"), "{text}");
+    assert_eq!(stderr(&diff), "note: Deployment \"team-c/web\": no change\n");
+
+    // The same name twice in one namespace is still an error.
+    let twice = f.file(
+        "twice.yaml",
+        &format!(
+            "{}---\n{}",
+            policy("team-a", "a-agent"),
+            policy("team-a", "other")
+        ),
+    );
+    let out = render(&twice, &d, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "SidecarPolicy \"log-shipper\" in namespace \"team-a\" is given twice: {0} document 1 and {0} document 2",
+            twice.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_refusal_names_the_namespace_when_there_are_several() {
+    let f = Fixture::new();
+    let clash = POLICY
+        .replace(
+            "metadata: {name: log-shipper}",
+            "metadata: {name: log-shipper, namespace: team-a}",
+        )
+        .replace("name: shipper", "name: web");
+    let deployments = format!(
+        "{}---\n{}",
+        DEPLOYMENT.replace(
+            "metadata: {name: web,",
+            "metadata: {name: web, namespace: team-a,"
+        ),
+        DEPLOYMENT.replace(
+            "metadata: {name: web,",
+            "metadata: {name: web, namespace: team-b,"
+        )
+    );
+    let out = render(&f.file("p.yaml", &clash), &f.file("d.yaml", &deployments), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: refusing to render Deployment \"team-a/web\":"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("team-b/web"),
+        "only team-a's Deployment is refused: {err}"
+    );
+}
+
+/// Logs written to a pipe or file carry no colour codes. `run` against an API server that is not
+/// there logs a warning at start (the server version cannot be read) and then keeps retrying, so
+/// the test reads standard error until that line and stops the process.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let f = Fixture::new();
+    // Port 1 on the loopback refuses connections at once.
+    let kubeconfig = f.file(
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{name: none, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: none, user: {token: x}}]\n\
+         contexts: [{name: none, context: {cluster: none, user: none}}]\n\
+         current-context: none\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar-operator"))
+        .args(["run", "--http-addr", "127.0.0.1:0", "--namespace", "demo"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if lines.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = received.recv_timeout(Duration::from_secs(60)) {
+        let done = line.contains("could not read the API server version");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = seen.join("\n");
+    assert!(
+        text.contains("could not read the API server version"),
+        "expected the start-up warning:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "colour codes in piped logs:\n{text:?}");
 }
