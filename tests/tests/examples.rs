@@ -315,3 +315,46 @@ fn records_of_the_first_release_are_migrated_without_touching_the_pod_template()
     }
     assert_eq!(checked, 8, "one fixture per use case U1-U8");
 }
+
+/// U8 as a ClusterSidecarPolicy (`cluster-policy.yaml`) with the labelled namespace
+/// (`namespace.yaml`): the same pod template as the SidecarPolicy's golden render, recorded
+/// under the cluster policy's key; without the namespace's labels, nothing.
+#[test]
+fn u8_as_a_cluster_policy_renders_what_the_namespaced_one_does_where_the_namespace_is_labelled() {
+    let dir = example("u8-service-mesh-proxy");
+    let args = |with_namespace: bool| {
+        let mut args = render_args(&dir);
+        args[3] = dir.join("cluster-policy.yaml").display().to_string();
+        if with_namespace {
+            args.push("--policy".into());
+            args.push(dir.join("namespace.yaml").display().to_string());
+        }
+        args
+    };
+    let Outcome::Rendered { output, warnings, .. } = run_render(&args(true)) else {
+        panic!("refused")
+    };
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let golden = std::fs::read_to_string(dir.join("rendered.yaml")).unwrap();
+    assert_eq!(
+        output,
+        golden.replace(
+            r#"{"name":"mesh-proxy","#,
+            r#"{"name":"ClusterSidecarPolicy/mesh-proxy","#
+        )
+    );
+
+    let Outcome::Rendered { output, notes, .. } = run_render(&args(false)) else {
+        panic!("refused")
+    };
+    let written: Deployment =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("deployment.yaml")).unwrap()).unwrap();
+    let output: Deployment = serde_norway::from_str(&output).unwrap();
+    assert_eq!(output, written, "demo is not labelled: nothing injected");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("no Namespace document for namespace \"demo\"")),
+        "{notes:?}"
+    );
+}

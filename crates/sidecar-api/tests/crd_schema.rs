@@ -240,3 +240,72 @@ fn names_are_at_most_63_characters() {
         "{errors:?}"
     );
 }
+
+fn cluster_schema() -> Value {
+    let crd = sidecar_api::ClusterSidecarPolicy::crd();
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The messages of every CEL rule a ClusterSidecarPolicy with `spec` breaks.
+fn cluster_violations(spec: Value) -> Vec<String> {
+    let object = json!({
+        "apiVersion": "sidecar.dev/v1alpha1",
+        "kind": "ClusterSidecarPolicy",
+        "metadata": {"name": "mesh"},
+        "spec": spec,
+    });
+    match Validator::new().validate(&cluster_schema(), &object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+    }
+}
+
+#[test]
+fn a_cluster_policy_has_the_policy_rules_and_refuses_what_it_does_not_support_yet() {
+    let crd = sidecar_api::ClusterSidecarPolicy::crd();
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["cscp".to_owned()]));
+
+    let mut spec = valid_spec();
+    spec["namespaceSelector"] = json!({"matchLabels": {"mesh": "enabled"}});
+    assert_eq!(cluster_violations(spec.clone()), Vec::<String>::new());
+
+    let mut staged = spec.clone();
+    staged["rollout"] = json!({"maxConcurrent": 5});
+    let found = cluster_violations(staged);
+    assert!(found.iter().any(|m| m.contains("spec.rollout")), "{found:?}");
+
+    let mut history = spec.clone();
+    history["revisionHistoryLimit"] = json!(3);
+    let found = cluster_violations(history);
+    assert!(
+        found.iter().any(|m| m.contains("spec.revisionHistoryLimit")),
+        "{found:?}"
+    );
+
+    let mut empty = spec.clone();
+    empty.as_object_mut().unwrap().remove("sidecars");
+    empty.as_object_mut().unwrap().remove("initContainers");
+    let found = cluster_violations(empty);
+    assert!(
+        found.iter().any(|m| m.contains("at least one entry")),
+        "{found:?}"
+    );
+
+    let mut bad_selector = spec;
+    bad_selector["namespaceSelector"] = json!({"matchExpressions": [{"key": "mesh", "operator": "In"}]});
+    let found = cluster_violations(bad_selector);
+    assert!(
+        found.iter().any(|m| m.contains("need at least one value")),
+        "{found:?}"
+    );
+}

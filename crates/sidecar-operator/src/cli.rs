@@ -134,8 +134,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// SidecarPolicy file(s); repeat the flag or give several files. `-` reads standard input.
-    /// Optional when the --deployment input holds the policies.
+    /// SidecarPolicy or ClusterSidecarPolicy file(s); repeat the flag or give several files. `-`
+    /// reads standard input. Optional when the --deployment input holds the policies.
     #[arg(long = "policy", short = 'p', value_name = "FILE", num_args = 1..)]
     pub policies: Vec<PathBuf>,
 
@@ -152,6 +152,14 @@ pub struct RenderArgs {
     /// Print a unified diff against the input instead of the rendered Deployments.
     #[arg(long)]
     pub diff: bool,
+
+    /// A namespace where no ClusterSidecarPolicy injects, as the operator's flag of the same name.
+    #[arg(
+        long = "exclude-namespace",
+        value_name = "NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub exclude_namespaces: Vec<String>,
 
     #[command(flatten)]
     pub guardrails: GuardrailArgs,

@@ -11,11 +11,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sidecar_api::SidecarPolicy;
+use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
 
 /// Why the input could not be used. Every variant names where the problem is.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +66,18 @@ pub enum InputError {
     Unnamed { at: DocumentRef, kind: Kind },
     #[error("{source_name} holds no {expected}")]
     NothingFound { source_name: SourceName, expected: Kind },
+    #[error("{source_name} holds no SidecarPolicy, ClusterSidecarPolicy or Namespace")]
+    NoPolicyIn { source_name: SourceName },
     #[error(
-        "no SidecarPolicy is given: pass --policy FILE, or include SidecarPolicies in the --deployment input"
+        "no SidecarPolicy or ClusterSidecarPolicy is given: pass --policy FILE, or include policies in the --deployment input"
     )]
     NoPolicy,
+    #[error("ClusterSidecarPolicy {name:?} is given twice: {first} and {second}")]
+    DuplicateClusterPolicy {
+        name: String,
+        first: Box<DocumentRef>,
+        second: Box<DocumentRef>,
+    },
     #[error("SidecarPolicy {name:?} in namespace {namespace:?} is given twice: {first} and {second}")]
     DuplicatePolicy {
         name: String,
@@ -133,23 +142,34 @@ impl fmt::Display for DocumentRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     SidecarPolicy,
+    ClusterSidecarPolicy,
     Deployment,
+    /// Read for its labels, which ClusterSidecarPolicies select.
+    Namespace,
 }
 
 impl Kind {
-    const ALL: [Kind; 2] = [Kind::SidecarPolicy, Kind::Deployment];
+    const ALL: [Kind; 4] = [
+        Kind::SidecarPolicy,
+        Kind::ClusterSidecarPolicy,
+        Kind::Deployment,
+        Kind::Namespace,
+    ];
 
     fn api_version(self) -> &'static str {
         match self {
-            Kind::SidecarPolicy => "sidecar.dev/v1alpha1",
+            Kind::SidecarPolicy | Kind::ClusterSidecarPolicy => "sidecar.dev/v1alpha1",
             Kind::Deployment => "apps/v1",
+            Kind::Namespace => "v1",
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Kind::SidecarPolicy => "SidecarPolicy",
+            Kind::ClusterSidecarPolicy => "ClusterSidecarPolicy",
             Kind::Deployment => "Deployment",
+            Kind::Namespace => "Namespace",
         }
     }
 
@@ -173,7 +193,9 @@ fn group(api_version: &str) -> &str {
 #[derive(Clone, Debug)]
 pub enum Document {
     SidecarPolicy(Box<SidecarPolicy>),
+    ClusterSidecarPolicy(Box<ClusterSidecarPolicy>),
     Deployment(Box<Deployment>),
+    Namespace(Box<Namespace>),
 }
 
 /// A document of a kind render does not read, such as a Service.
@@ -323,7 +345,11 @@ impl Split {
             Class::Read(kind) => {
                 let object = match kind {
                     Kind::SidecarPolicy => Document::SidecarPolicy(Box::new(parse_object(&at, value, kind)?)),
+                    Kind::ClusterSidecarPolicy => {
+                        Document::ClusterSidecarPolicy(Box::new(parse_object(&at, value, kind)?))
+                    }
                     Kind::Deployment => Document::Deployment(Box::new(parse_object(&at, value, kind)?)),
+                    Kind::Namespace => Document::Namespace(Box::new(parse_object(&at, value, kind)?)),
                 };
                 self.documents.push(Parsed { at, object });
                 Ok(())
@@ -397,6 +423,21 @@ pub fn place(metadata: &mut ObjectMeta, namespace: &str) -> bool {
     }
 }
 
+/// Two ClusterSidecarPolicies of the same name would make the render depend on file order.
+pub fn check_unique_cluster_policies(policies: &[Parsed<ClusterSidecarPolicy>]) -> Result<(), InputError> {
+    for (i, policy) in policies.iter().enumerate() {
+        let name = &policy.object.metadata.name;
+        if let Some(earlier) = policies[..i].iter().find(|p| &p.object.metadata.name == name) {
+            return Err(InputError::DuplicateClusterPolicy {
+                name: name.clone().unwrap_or_default(),
+                first: Box::new(earlier.at.clone()),
+                second: Box::new(policy.at.clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Two policies of the same name in one namespace would make the render depend on file order.
 /// The namespaces must have been [placed](place) first; the same name in two namespaces is fine.
 pub fn check_unique_policies(policies: &[Parsed<SidecarPolicy>]) -> Result<(), InputError> {
@@ -446,6 +487,18 @@ mod tests {
                     x.metadata.name.as_deref().unwrap_or("?"),
                     d.at
                 ),
+                Document::ClusterSidecarPolicy(p) => format!(
+                    "cluster policy {} at {}",
+                    p.metadata.name.as_deref().unwrap_or("?"),
+                    d.at
+                ),
+                Document::Namespace(n) => {
+                    format!(
+                        "namespace {} at {}",
+                        n.metadata.name.as_deref().unwrap_or("?"),
+                        d.at
+                    )
+                }
             })
             .collect()
     }
@@ -648,7 +701,7 @@ mod tests {
             .into_iter()
             .filter_map(|d| match d.object {
                 Document::SidecarPolicy(p) => Some(Parsed { at: d.at, object: *p }),
-                Document::Deployment(_) => None,
+                _ => None,
             })
             .collect();
         policies[0].object.metadata.namespace = Some("a".into());

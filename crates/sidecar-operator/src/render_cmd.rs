@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use sidecar_api::SidecarPolicy;
+use k8s_openapi::api::core::v1::Namespace;
+use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
+use sidecar_core::cluster::{Exclusions, NamespaceLabels};
 use sidecar_core::{PolicySet, Refusal};
 use similar::TextDiff;
 
@@ -48,8 +50,36 @@ const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, Default)]
 struct Inputs {
     policies: Vec<Parsed<SidecarPolicy>>,
+    cluster_policies: Vec<Parsed<ClusterSidecarPolicy>>,
     deployments: Vec<Parsed<Deployment>>,
+    /// Namespace documents, for the labels ClusterSidecarPolicies select.
+    namespaces: Vec<Namespace>,
     notes: Vec<String>,
+}
+
+impl Inputs {
+    /// Keeps a document that is not a Deployment to render; returns a Deployment.
+    fn keep(&mut self, document: Parsed<Document>) -> Option<Parsed<Deployment>> {
+        let at = document.at;
+        match document.object {
+            Document::SidecarPolicy(policy) => self.policies.push(Parsed { at, object: *policy }),
+            Document::ClusterSidecarPolicy(policy) => {
+                self.cluster_policies.push(Parsed { at, object: *policy })
+            }
+            Document::Namespace(namespace) => self.namespaces.push(*namespace),
+            Document::Deployment(deployment) => {
+                return Some(Parsed {
+                    at,
+                    object: *deployment,
+                });
+            }
+        }
+        None
+    }
+
+    fn policy_count(&self) -> usize {
+        self.policies.len() + self.cluster_policies.len()
+    }
 }
 
 impl Inputs {
@@ -59,22 +89,16 @@ impl Inputs {
         for path in &args.policies {
             let (name, text) = sources.read(path)?;
             let split = input::split(&name, &text)?;
-            let before = inputs.policies.len();
+            // A file of Namespaces only (their labels for ClusterSidecarPolicies) is fine too.
+            let before = inputs.policy_count() + inputs.namespaces.len();
             let mut not_rendered = Vec::new();
             for document in split.documents {
-                match document.object {
-                    Document::SidecarPolicy(policy) => inputs.policies.push(Parsed {
-                        at: document.at,
-                        object: *policy,
-                    }),
-                    Document::Deployment(_) => not_rendered.push(document.at),
+                if let Some(deployment) = inputs.keep(document) {
+                    not_rendered.push(deployment.at);
                 }
             }
-            if inputs.policies.len() == before {
-                return Err(InputError::NothingFound {
-                    source_name: name,
-                    expected: Kind::SidecarPolicy,
-                });
+            if inputs.policy_count() + inputs.namespaces.len() == before {
+                return Err(InputError::NoPolicyIn { source_name: name });
             }
             inputs.note_ignored(&name, &split.ignored);
             if let Some(first) = not_rendered.first() {
@@ -89,13 +113,8 @@ impl Inputs {
         let (name, text) = sources.read(&args.deployment)?;
         let split = input::split(&name, &text)?;
         for document in split.documents {
-            let at = document.at;
-            match document.object {
-                Document::SidecarPolicy(policy) => inputs.policies.push(Parsed { at, object: *policy }),
-                Document::Deployment(deployment) => inputs.deployments.push(Parsed {
-                    at,
-                    object: *deployment,
-                }),
+            if let Some(deployment) = inputs.keep(document) {
+                inputs.deployments.push(deployment);
             }
         }
         if inputs.deployments.is_empty() {
@@ -104,7 +123,7 @@ impl Inputs {
                 expected: Kind::Deployment,
             });
         }
-        if inputs.policies.is_empty() {
+        if inputs.policy_count() == 0 {
             return Err(InputError::NoPolicy);
         }
         inputs.note_ignored(&name, &split.ignored);
@@ -140,7 +159,9 @@ fn count(n: usize, what: &str) -> String {
 pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> {
     let Inputs {
         mut policies,
+        cluster_policies,
         mut deployments,
+        namespaces,
         mut notes,
     } = Inputs::read(args, stdin)?;
 
@@ -156,6 +177,7 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
         .map(|d| input::place(&mut d.object.metadata, namespace))
         .collect();
     input::check_unique_policies(&policies)?;
+    input::check_unique_cluster_policies(&cluster_policies)?;
 
     // A SidecarPolicy affects only Deployments of its own namespace: one PolicySet each.
     let rendered_namespaces: BTreeSet<&str> = deployments.iter().map(|d| namespace_of(&d.object)).collect();
@@ -183,9 +205,40 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
             .push(policy.object);
     }
     let guardrails = args.guardrails.to_guardrails();
-    let sets: BTreeMap<&str, PolicySet> = by_namespace
+    // ClusterSidecarPolicies select namespaces by their labels: from a Namespace document, or
+    // only the name label every namespace carries.
+    let cluster_policies: Vec<ClusterSidecarPolicy> =
+        cluster_policies.into_iter().map(|p| p.object).collect();
+    let labels_of = |namespace: &str| {
+        namespaces
+            .iter()
+            .find(|ns| ns.metadata.name.as_deref() == Some(namespace))
+            .map_or_else(
+                || NamespaceLabels::named(namespace),
+                |ns| NamespaceLabels::of(&ns.metadata),
+            )
+    };
+    if !cluster_policies.is_empty() {
+        for namespace in &rendered_namespaces {
+            if !namespaces
+                .iter()
+                .any(|ns| ns.metadata.name.as_deref() == Some(namespace))
+            {
+                notes.push(format!(
+                    "no Namespace document for namespace {namespace:?}: ClusterSidecarPolicies see only its name label"
+                ));
+            }
+        }
+    }
+    let exclusions = Exclusions::new(args.exclude_namespaces.iter().cloned());
+    let sets: BTreeMap<&str, PolicySet> = rendered_namespaces
         .iter()
-        .map(|(ns, policies)| (ns.as_str(), PolicySet::new(policies, &guardrails)))
+        .map(|&ns| {
+            let own = by_namespace.get(ns).map(Vec::as_slice).unwrap_or_default();
+            let set =
+                PolicySet::for_namespace(&labels_of(ns), own, &cluster_policies, &exclusions, &guardrails);
+            (ns, set)
+        })
         .collect();
     let no_policies = PolicySet::new(&[], &guardrails);
     // With Deployments of several namespaces, messages name the namespace too.

@@ -194,7 +194,7 @@ fn a_policy_file_holding_only_a_deployment_is_an_error() {
     assert_eq!(
         stderr(&out),
         format!(
-            "error: {} holds no sidecar.dev/v1alpha1 SidecarPolicy\n",
+            "error: {} holds no SidecarPolicy, ClusterSidecarPolicy or Namespace\n",
             p.display()
         )
     );
@@ -510,7 +510,7 @@ fn a_file_without_the_expected_kind_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(
-            "{} holds no sidecar.dev/v1alpha1 SidecarPolicy",
+            "{} holds no SidecarPolicy, ClusterSidecarPolicy or Namespace",
             empty.display()
         )),
         "{}",
@@ -659,7 +659,7 @@ fn without_any_policy_nothing_is_rendered() {
     let out = render_without_policy(&f.file("d.yaml", DEPLOYMENT));
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("no SidecarPolicy is given: pass --policy FILE"),
+        stderr(&out).contains("no SidecarPolicy or ClusterSidecarPolicy is given: pass --policy FILE"),
         "{}",
         stderr(&out)
     );
@@ -878,4 +878,54 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         "expected the start-up warning:\n{text}"
     );
     assert!(!text.contains('\u{1b}'), "colour codes in piped logs:\n{text:?}");
+}
+
+const CLUSTER_POLICY: &str = r#"
+apiVersion: sidecar.dev/v1alpha1
+kind: ClusterSidecarPolicy
+metadata: {name: mesh}
+spec:
+  namespaceSelector: {matchLabels: {mesh: enabled}}
+  selector: {}
+  sidecars:
+  - name: proxy
+    image: "proxy:1"
+    startupProbe: {exec: {command: ["true"]}}
+    resources: {requests: {cpu: 10m}}
+"#;
+
+#[test]
+fn a_cluster_policy_applies_where_a_namespace_document_says_it_is_selected() {
+    let f = Fixture::new();
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {mesh: enabled}}\n";
+    let p = f.file("p.yaml", &format!("{CLUSTER_POLICY}---\n{namespace}"));
+    let out = render(&p, &f.file("d.yaml", DEPLOYMENT), &["--namespace", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rendered: serde_json::Value = serde_norway::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        rendered["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        "proxy"
+    );
+
+    // Excluded: as the operator's flag.
+    let out = render(
+        &p,
+        &f.file("d2.yaml", DEPLOYMENT),
+        &["--namespace", "demo", "--exclude-namespace", "demo"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("proxy"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_cluster_policy_given_twice_is_an_error() {
+    let f = Fixture::new();
+    let p = f.file("p.yaml", &format!("{CLUSTER_POLICY}---\n{CLUSTER_POLICY}"));
+    let out = render(&p, &f.file("d.yaml", DEPLOYMENT), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("ClusterSidecarPolicy \"mesh\" is given twice"),
+        "{}",
+        stderr(&out)
+    );
 }

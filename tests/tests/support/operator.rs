@@ -38,7 +38,11 @@ pub async fn start_cluster_wide(client: &Client, guardrails: Guardrails) -> toki
     start(client, None, guardrails).await
 }
 
-async fn start(client: &Client, namespace: Option<&str>, guardrails: Guardrails) -> tokio::task::JoinHandle<()> {
+async fn start(
+    client: &Client,
+    namespace: Option<&str>,
+    guardrails: Guardrails,
+) -> tokio::task::JoinHandle<()> {
     // The operator's logs go with the test's output (RUST_LOG filters; default info).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
