@@ -40,7 +40,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, CustomResourceExt};
 use serde_json::Value;
-use sidecar_api::SidecarPolicy;
+use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
 
 use apiserver::Writes;
 use operator::{Operator, Usage};
@@ -418,28 +418,32 @@ async fn set_up(
     Ok(())
 }
 
-/// Applies the CRD and waits until it is established (before the first policy is created, and
-/// before an admission policy that takes policies as params).
+/// Applies the CRDs (both kinds, as the install does: the operator then also watches
+/// ClusterSidecarPolicies and Namespaces) and waits until they are established (before the first
+/// policy is created, and before an admission policy that takes policies as params).
 async fn install_crd(client: &Client) -> Result<(), Error> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "sidecarpolicies.sidecar.dev",
-        &PatchParams::apply(fleet::OWNER).force(),
-        &Patch::Apply(SidecarPolicy::crd()),
-    )
-    .await?;
-    let start = Instant::now();
-    while !crds
-        .get("sidecarpolicies.sidecar.dev")
-        .await?
-        .status
-        .and_then(|s| s.conditions)
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
-    {
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(Error::Timeout("the CRD to be established".into()));
+    for crd in [SidecarPolicy::crd(), ClusterSidecarPolicy::crd()] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(
+            &name,
+            &PatchParams::apply(fleet::OWNER).force(),
+            &Patch::Apply(crd),
+        )
+        .await?;
+        let start = Instant::now();
+        while !crds
+            .get(&name)
+            .await?
+            .status
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        {
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(Error::Timeout(format!("the CRD {name} to be established")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
 }

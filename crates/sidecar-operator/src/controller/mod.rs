@@ -123,7 +123,13 @@ impl Scope {
                 deployments: Api::all(client.clone()),
                 policies: Api::all(client.clone()),
                 revisions: Api::all(client.clone()),
-                cluster: Some((Api::all(client.clone()), Api::all(client.clone()))),
+                cluster: match check_cluster_policies(&client).await {
+                    Ok(()) => Some((Api::all(client.clone()), Api::all(client.clone()))),
+                    Err(why) => {
+                        warn!("ClusterSidecarPolicies are not watched: {why}");
+                        None
+                    }
+                },
             },
         };
         let unsupported_server = check_server(&client).await;
@@ -383,6 +389,42 @@ async fn measured(
         result.as_ref().err().map(Error::category),
     );
     result
+}
+
+/// Whether ClusterSidecarPolicies can be watched: their CRD is served and the operator may list
+/// them and Namespaces. An install upgraded without the new CRD or ClusterRole keeps working for
+/// SidecarPolicies (a watch that can never list would keep every reconcile waiting); `Err` says
+/// what is missing.
+async fn check_cluster_policies(client: &Client) -> Result<(), String> {
+    let served = client
+        .list_api_group_resources("sidecar.dev/v1alpha1")
+        .await
+        .map_err(|e| format!("could not discover sidecar.dev/v1alpha1 ({e})"))?
+        .resources
+        .iter()
+        .any(|r| r.name == "clustersidecarpolicies");
+    if !served {
+        return Err(
+            "their CRD is not installed (kubectl apply --server-side -f crds/clustersidecarpolicy.yaml, then restart)"
+                .to_owned(),
+        );
+    }
+    let probe = kube::api::ListParams::default().limit(1);
+    let forbidden = |what: &str, e: kube::Error| match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "the operator may not list {what} (the install's ClusterRole sidecar-operator-cluster and its binding are missing)"
+        ),
+        e => format!("could not list {what} ({e})"),
+    };
+    Api::<ClusterSidecarPolicy>::all(client.clone())
+        .list_metadata(&probe)
+        .await
+        .map_err(|e| forbidden("ClusterSidecarPolicies", e))?;
+    Api::<Namespace>::all(client.clone())
+        .list_metadata(&probe)
+        .await
+        .map_err(|e| forbidden("Namespaces", e))?;
+    Ok(())
 }
 
 /// Native sidecars need Kubernetes >= 1.29. On an older server the operator writes nothing to
