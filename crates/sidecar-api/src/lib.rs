@@ -32,6 +32,10 @@ pub const HELD_FOR_ANNOTATION: &str = "sidecar.dev/held-for";
 /// Label on a policy's ControllerRevisions: the policy's name.
 pub const POLICY_LABEL: &str = "sidecar.dev/policy";
 
+/// Label on a ClusterSidecarPolicy's ControllerRevisions: `ClusterSidecarPolicy` (they live in the
+/// operator's namespace, beside any SidecarPolicy's there).
+pub const POLICY_KIND_LABEL: &str = "sidecar.dev/policy-kind";
+
 /// Label on a policy's ControllerRevisions: the revision hash.
 pub const REVISION_LABEL: &str = "sidecar.dev/revision";
 

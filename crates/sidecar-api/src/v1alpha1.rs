@@ -143,9 +143,11 @@ pub struct SidecarPolicySpec {
     printcolumn = r#"{"name":"Namespaces","type":"integer","description":"Namespaces the namespaceSelector selects","jsonPath":".status.matchedNamespaces"}"#,
     printcolumn = r#"{"name":"Matched","type":"integer","description":"Deployments the selectors match","jsonPath":".status.matchedDeployments"}"#,
     printcolumn = r#"{"name":"Updated","type":"string","description":"Matched Deployments that carry the current revision, of all matched","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Rolling","type":"integer","priority":1,"description":"Matched Deployments rolling to the current revision","jsonPath":".status.rollingDeployments"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"integer","priority":1,"description":"Matched Deployments waiting for their turn in the rollout","jsonPath":".status.waitingDeployments"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Revision","type":"string","priority":1,"description":"The current revision: a hash of what the policy injects","jsonPath":".status.currentRevision"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","priority":1,"description":"The current revision (a ControllerRevision named clustersidecarpolicy.<policy>-<revision> in the operator's namespace)","jsonPath":".status.currentRevision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = kube::core::Rule::new("size(self.metadata.name) <= 63")
         .message("metadata.name: a ClusterSidecarPolicy's name must be at most 63 characters: it is a label value"),
@@ -155,12 +157,6 @@ pub struct SidecarPolicySpec {
     validation = kube::core::Rule::new(
         "!has(self.spec.sidecars) || !has(self.spec.initContainers) || self.spec.sidecars.all(s, self.spec.initContainers.all(i, i.name != s.name))"
     ).message("spec: a name is used both in spec.sidecars and spec.initContainers; container names must be unique within the pod").field_path(".spec"),
-    validation = kube::core::Rule::new("!has(self.spec.rollout)")
-        .message("spec.rollout: a ClusterSidecarPolicy does not stage its rollout yet; a new revision reaches every selected Deployment at once (remove spec.rollout)")
-        .field_path(".spec.rollout"),
-    validation = kube::core::Rule::new("!has(self.spec.revisionHistoryLimit)")
-        .message("spec.revisionHistoryLimit: a ClusterSidecarPolicy keeps no revision history yet (remove spec.revisionHistoryLimit)")
-        .field_path(".spec.revisionHistoryLimit"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSidecarPolicySpec {

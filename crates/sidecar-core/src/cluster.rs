@@ -128,35 +128,16 @@ pub fn in_namespace(policy: &ClusterSidecarPolicy, namespace: &str) -> SidecarPo
 }
 
 /// What is wrong with a ClusterSidecarPolicy beyond its SidecarPolicy spec: an invalid
-/// namespaceSelector, and what only a SidecarPolicy supports (the CRD schema rejects it too;
-/// `render` has no API server to do so).
+/// namespaceSelector (the CRD schema rejects most; `render` has no API server to do so).
 pub fn problems(policy: &ClusterSidecarPolicy) -> Vec<Problem> {
     let key = key(policy.metadata.name.as_deref().unwrap_or_default());
     let mut problems = Vec::new();
     if let Err(e) = selector::validate(&policy.spec.namespace_selector) {
         problems.push(Problem {
             kind: ProblemKind::Invalid,
-            policy: key.clone(),
+            policy: key,
             field: format!("spec.namespaceSelector.{}", e.field()),
             message: e.to_string(),
-        });
-    }
-    if policy.spec.policy.rollout.is_some() {
-        problems.push(Problem {
-            kind: ProblemKind::Invalid,
-            policy: key.clone(),
-            field: "spec.rollout".into(),
-            message: "a ClusterSidecarPolicy does not stage its rollout yet; a new revision reaches every selected Deployment at once (remove spec.rollout)".into(),
-        });
-    }
-    if policy.spec.policy.revision_history_limit.is_some() {
-        problems.push(Problem {
-            kind: ProblemKind::Invalid,
-            policy: key,
-            field: "spec.revisionHistoryLimit".into(),
-            message:
-                "a ClusterSidecarPolicy keeps no revision history yet (remove spec.revisionHistoryLimit)"
-                    .into(),
         });
     }
     problems

@@ -337,7 +337,6 @@ impl OutcomeIndex {
             .map(String::as_str)
     }
 
-    /// Every Deployment of every namespace with a recorded outcome, as (namespace, name).
     /// Every Deployment, as (namespace, name), whose outcome involves `policy` in any namespace
     /// (a ClusterSidecarPolicy's key).
     pub fn involving_anywhere<'a>(&'a self, policy: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
@@ -379,6 +378,7 @@ impl OutcomeIndex {
         summary
     }
 
+    /// Every Deployment of every namespace with a recorded outcome, as (namespace, name).
     pub fn deployments(&self) -> impl Iterator<Item = (&str, &str)> {
         self.outcomes
             .iter()
@@ -416,6 +416,20 @@ impl OutcomeIndex {
             .get(&(namespace.to_owned(), policy.to_owned()))
             .map(|t| t.carried.clone())
             .unwrap_or_default()
+    }
+
+    /// The revisions of `policy` (a ClusterSidecarPolicy's key) that Deployments carry, in any
+    /// namespace, with how many carry each.
+    pub fn carried_revisions_across(&self, policy: &str) -> BTreeMap<String, usize> {
+        let mut carried: BTreeMap<String, usize> = BTreeMap::new();
+        for ((_, p), tally) in &self.tallies {
+            if p == policy {
+                for (revision, n) in &tally.carried {
+                    *carried.entry(revision.clone()).or_insert(0) += n;
+                }
+            }
+        }
+        carried
     }
 
     /// Says which Deployments exist when the controller starts: until each has an outcome (or is

@@ -128,12 +128,18 @@ fn the_same_container_name_from_both_kinds_is_a_conflict_naming_both() {
 }
 
 #[test]
-fn a_cluster_policy_asking_for_a_staged_rollout_is_refused_with_the_field() {
+fn a_cluster_policy_with_an_invalid_namespace_selector_refuses_what_it_selects() {
     let mut mesh = cluster("mesh", &sidecar_policy("unused", "proxy"));
-    mesh.spec.policy.rollout = Some(Default::default());
-    let refusal = render(&web(), &demo(true), &[], &[mesh]).unwrap_err();
+    mesh.spec.namespace_selector = serde_json::from_value(
+        serde_json::json!({"matchExpressions": [{"key": "mesh", "operator": "Near"}]}),
+    )
+    .unwrap();
+    let refusal = render(&web(), &demo(false), &[], &[mesh]).unwrap_err();
     assert_eq!(refusal.problems[0].policy, "ClusterSidecarPolicy/mesh");
-    assert_eq!(refusal.problems[0].field, "spec.rollout");
+    assert!(
+        refusal.problems[0].field.starts_with("spec.namespaceSelector."),
+        "{refusal}"
+    );
 }
 
 #[test]

@@ -87,6 +87,16 @@ pub struct RunArgs {
     )]
     pub exclude_namespaces: Vec<String>,
 
+    /// Where ClusterSidecarPolicies' revisions (ControllerRevisions) are stored: the operator's
+    /// own namespace.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "POD_NAMESPACE",
+        default_value = crate::controller::DEFAULT_REVISION_NAMESPACE
+    )]
+    pub revision_namespace: String,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

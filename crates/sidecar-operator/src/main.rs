@@ -120,7 +120,10 @@ fn run(args: &RunArgs) -> ExitCode {
         };
         let mut excluded = args.exclude_namespaces.clone();
         excluded.extend(std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
-        let exclusions = Exclusions::new(excluded);
+        let cluster = controller::ClusterOptions {
+            exclusions: Exclusions::new(excluded),
+            revision_namespace: args.revision_namespace.clone(),
+        };
         let mut scopes = Vec::new();
         for namespace in namespaces {
             scopes.push(
@@ -131,7 +134,7 @@ fn run(args: &RunArgs) -> ExitCode {
                     health.metrics.clone(),
                     args.concurrency,
                     Duration::from_secs(args.max_hold_seconds),
-                    exclusions.clone(),
+                    cluster.clone(),
                 )
                 .await,
             );

@@ -15,6 +15,16 @@ use sidecar_core::{Guardrails, InjectionRecord, PolicySet};
 
 const MESH: &[(&str, &str)] = &[("mesh", "enabled")];
 
+/// The revision of ClusterSidecarPolicy `policy`.
+fn cluster_revision(policy: &ClusterSidecarPolicy) -> String {
+    PolicySet::for_cluster_policy(policy, &Guardrails::default())
+        .revision(&sidecar_core::cluster::key(
+            policy.metadata.name.as_deref().unwrap(),
+        ))
+        .unwrap()
+        .to_owned()
+}
+
 fn strings(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| (*n).to_owned()).collect()
 }
@@ -142,8 +152,32 @@ async fn the_cluster_status_counts_namespaces_and_deployments_and_is_written_onc
     h.reconcile("web", |handle| async move { handle }).await.unwrap();
     assert!(h.ctx.outcomes_synced());
 
+    let hash = cluster_revision(&cluster_policy("mesh", "proxy"));
     let status = h
         .reconcile_cluster_policy("mesh", |mut handle| async move {
+            // Its first revision, in the operator's namespace.
+            let (request, body, send) = next(&mut handle).await;
+            assert_eq!(request.method(), Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/apps/v1/namespaces/default/controllerrevisions"
+            );
+            assert_eq!(
+                body["metadata"]["name"],
+                format!("clustersidecarpolicy.mesh-{hash}")
+            );
+            assert_eq!(body["metadata"]["labels"]["sidecar.dev/policy"], "mesh");
+            assert_eq!(
+                body["metadata"]["labels"]["sidecar.dev/policy-kind"],
+                "ClusterSidecarPolicy"
+            );
+            let owner = &body["metadata"]["ownerReferences"][0];
+            assert_eq!(
+                (owner["kind"].as_str(), owner["uid"].as_str()),
+                (Some("ClusterSidecarPolicy"), Some("uid-mesh"))
+            );
+            respond(send, &body);
+
             let (request, body, send) = next(&mut handle).await;
             assert_eq!(request.method(), Method::PATCH);
             assert_eq!(
@@ -152,6 +186,7 @@ async fn the_cluster_status_counts_namespaces_and_deployments_and_is_written_onc
             );
             let status = &body["status"];
             assert_eq!(status["matchedNamespaces"], 1, "{status}");
+            assert_eq!(status["currentRevision"], hash.as_str());
             assert_eq!(status["matchedDeployments"], 1);
             assert_eq!(status["upToDateDeployments"], 1);
             assert_eq!(status["progress"], "1/1");
@@ -195,6 +230,9 @@ async fn a_conflict_with_a_namespaced_policy_blocks_the_cluster_policy_naming_bo
 
     let status = h
         .reconcile_cluster_policy("mesh", |mut handle| async move {
+            let (request, body, send) = next(&mut handle).await;
+            assert_eq!(request.method(), Method::POST, "its first revision");
+            respond(send, &body);
             let (_, body, send) = next(&mut handle).await;
             let status = &body["status"];
             // The namespaced policy comes second, so the conflict is its own; the cluster
@@ -213,4 +251,107 @@ async fn a_conflict_with_a_namespaced_policy_blocks_the_cluster_policy_naming_bo
         })
         .await;
     status.unwrap();
+}
+
+/// ControllerRevision `number` of ClusterSidecarPolicy `policy`, as the operator stores it.
+fn stored_revision(
+    policy: &ClusterSidecarPolicy,
+    number: i64,
+) -> k8s_openapi::api::apps::v1::ControllerRevision {
+    let hash = cluster_revision(policy);
+    let name = policy.metadata.name.clone().unwrap();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": {
+            "name": sidecar_operator::controller::cluster_revision_name(&name, &hash),
+            "namespace": "default",
+            "labels": {
+                "sidecar.dev/policy": name, "sidecar.dev/revision": hash,
+                "sidecar.dev/policy-kind": "ClusterSidecarPolicy",
+            },
+            "ownerReferences": [{
+                "apiVersion": "sidecar.dev/v1alpha1", "kind": "ClusterSidecarPolicy",
+                "name": name, "uid": format!("uid-{name}"), "controller": true,
+            }],
+        },
+        "data": {"spec": sidecar_core::revision::content(&policy.spec.policy)},
+        "revision": number,
+    }))
+    .unwrap()
+}
+
+/// `web` of `namespace` carrying `policy`, one replica, its own rollout complete.
+fn running_in(namespace: &str, policy: &ClusterSidecarPolicy) -> k8s_openapi::api::apps::v1::Deployment {
+    let mut d = stored_with(policy);
+    d.metadata.namespace = Some(namespace.into());
+    d.metadata.uid = Some(format!("uid-{namespace}-web"));
+    d.spec.replicas = Some(1);
+    d.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1,
+        }))
+        .unwrap(),
+    );
+    d
+}
+
+#[tokio::test]
+async fn a_new_revision_rolls_out_across_namespaces_one_at_a_time() {
+    let old = cluster_policy("mesh", "proxy");
+    let mut new = old.clone();
+    new.spec.policy.sidecars[0].image = Some("proxy:2".into());
+    new.metadata.generation = Some(2);
+    new.spec.policy.rollout = Some(serde_json::from_value(serde_json::json!({"maxConcurrent": 1})).unwrap());
+    let (r1, r2) = (cluster_revision(&old), cluster_revision(&new));
+    assert_ne!(r1, r2);
+
+    let mut h = Harness::with(
+        vec![],
+        vec![running_in("demo", &old), running_in("other", &old)],
+        vec![stored_revision(&old, 1), stored_revision(&new, 2)],
+        Guardrails::default(),
+    );
+    h.list_namespaces(vec![namespace("demo", MESH), namespace("other", MESH)]);
+    h.list_cluster_policies(vec![new]);
+    let key = "ClusterSidecarPolicy/mesh".to_owned();
+    for namespace in ["demo", "other"] {
+        // Rendered against the revision it carries (from the stored revision): nothing written.
+        let view = h
+            .ctx
+            .caches
+            .deployments
+            .get(&kube::runtime::reflector::ObjectRef::new("web").within(namespace))
+            .unwrap();
+        let task = tokio::spawn(sidecar_operator::controller::reconcile(view, h.ctx.clone()));
+        task.await.unwrap().unwrap();
+        let outcome = h.ctx.outcomes().get(namespace, "web").cloned().unwrap();
+        assert_eq!(outcome.carried, [(key.clone(), r1.clone())], "{namespace}");
+    }
+    h.triggered();
+
+    let expected = r2.clone();
+    h.reconcile_cluster_policy("mesh", |mut handle| async move {
+        let (_, body, send) = next(&mut handle).await;
+        let status = &body["status"];
+        assert_eq!(status["currentRevision"], expected.as_str());
+        assert_eq!(status["progress"], "0/2");
+        assert_eq!(
+            (
+                status["rollingDeployments"].as_i64(),
+                status["waitingDeployments"].as_i64()
+            ),
+            (Some(1), Some(1)),
+            "{status}"
+        );
+        respond(send, &cluster_policy("mesh", "proxy"));
+        handle
+    })
+    .await
+    .unwrap();
+    // One Deployment is let go, in (namespace, name) order: demo/web.
+    let triggered: Vec<_> = std::iter::from_fn(|| h.streams.deployments.try_recv().ok())
+        .map(|r| (r.namespace.unwrap_or_default(), r.name))
+        .collect();
+    assert_eq!(triggered, [("demo".to_owned(), "web".to_owned())]);
 }

@@ -50,11 +50,14 @@ async fn start(
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-    let exclusions = Exclusions::new(
-        controller::DEFAULT_EXCLUDED_NAMESPACES
-            .iter()
-            .map(|&ns| ns.to_owned()),
-    );
+    let cluster = controller::ClusterOptions {
+        exclusions: Exclusions::new(
+            controller::DEFAULT_EXCLUDED_NAMESPACES
+                .iter()
+                .map(|&ns| ns.to_owned()),
+        ),
+        revision_namespace: controller::DEFAULT_REVISION_NAMESPACE.to_owned(),
+    };
     let scope = controller::Scope::new(
         client.clone(),
         namespace,
@@ -62,7 +65,7 @@ async fn start(
         Default::default(),
         controller::DEFAULT_CONCURRENCY,
         controller::DEFAULT_MAX_HOLD,
-        exclusions,
+        cluster,
     )
     .await;
     tokio::spawn(scope.run())

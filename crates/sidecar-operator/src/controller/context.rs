@@ -19,6 +19,7 @@ use sidecar_core::outcome::{Outcome, OutcomeIndex};
 
 use super::events::Events;
 use super::policy_sets::{NamespacePolicies, PolicySets};
+use super::revisions::cluster_revision_prefix;
 use super::rollouts::Rollouts;
 use super::view::DeploymentView;
 use super::{GuardedClusterPolicy, GuardedPolicy};
@@ -32,6 +33,18 @@ pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(120);
 /// Default of `--exclude-namespace`: where no ClusterSidecarPolicy ever injects (the operator's
 /// own namespace is added at start).
 pub const DEFAULT_EXCLUDED_NAMESPACES: &[&str] = &["kube-system"];
+/// Default of `--revision-namespace` without `POD_NAMESPACE`.
+pub const DEFAULT_REVISION_NAMESPACE: &str = "default";
+
+/// The operator's settings for ClusterSidecarPolicies.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Namespaces no ClusterSidecarPolicy selects.
+    pub exclusions: Exclusions,
+    /// Where their revisions (ControllerRevisions) are stored: the operator's own namespace.
+    pub revision_namespace: String,
+}
+
 /// How often [`Context::wait_until_filled`] looks at the caches.
 const FILLED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -158,6 +171,8 @@ pub struct Context {
     pub triggers: Triggers,
     /// Namespaces no ClusterSidecarPolicy selects.
     pub exclusions: Exclusions,
+    /// Where ClusterSidecarPolicies' revisions (ControllerRevisions) are stored.
+    pub revision_namespace: String,
     pub policy_sets: PolicySets,
     /// The staged rollouts under way.
     pub rollouts: Rollouts,
@@ -169,8 +184,8 @@ pub struct Context {
     /// Each policy's status as last written, and when: the cache may not show it yet, and
     /// progress is written at most once per interval.
     status_written: Mutex<HashMap<PolicyId, (SidecarPolicyStatus, Instant)>>,
-    /// Revision writes the revision cache may not show yet, by (namespace, policy, hash): the
-    /// number written, or `None` for a deletion.
+    /// Revision writes the revision cache may not show yet, by (namespace, revision name prefix,
+    /// hash): the number written, or `None` for a deletion.
     revisions_written: Mutex<HashMap<(String, String, String), Option<i64>>>,
     /// When this process first saw each Deployment that is held at admission.
     held_since: Mutex<HashMap<ObjectRef<DeploymentView>, Instant>>,
@@ -204,6 +219,7 @@ impl Context {
             metrics,
             triggers,
             exclusions: Exclusions::new(DEFAULT_EXCLUDED_NAMESPACES.iter().map(|&ns| ns.to_owned())),
+            revision_namespace: DEFAULT_REVISION_NAMESPACE.to_owned(),
             policy_sets: PolicySets::default(),
             rollouts: Rollouts::default(),
             outcomes: Mutex::default(),
@@ -217,9 +233,11 @@ impl Context {
         }
     }
 
-    /// Sets the namespaces no ClusterSidecarPolicy selects.
-    pub fn with_exclusions(mut self, exclusions: Exclusions) -> Self {
-        self.exclusions = exclusions;
+    /// Sets what ClusterSidecarPolicies need: the namespaces none selects, and where their
+    /// revisions are stored.
+    pub fn with_cluster_options(mut self, options: ClusterOptions) -> Self {
+        self.exclusions = options.exclusions;
+        self.revision_namespace = options.revision_namespace;
         self
     }
 
@@ -486,6 +504,10 @@ impl Context {
         let key = cluster_policy_id(name);
         lock(&self.status_written).remove(&key);
         lock(&self.policy_failures).remove(&key);
+        self.rollouts.forget(&key.0, &key.1);
+        let prefix = cluster_revision_prefix(name);
+        lock(&self.revisions_written)
+            .retain(|(ns, policy, _), _| !(ns == &self.revision_namespace && policy == &prefix));
     }
 
     /// Forgets the bookkeeping of a deleted policy.

@@ -29,7 +29,7 @@ use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
-use sidecar_api::POLICY_LABEL;
+use sidecar_api::{POLICY_KIND_LABEL, POLICY_LABEL};
 use sidecar_core::{cluster, selector};
 
 use super::context::Context;
@@ -334,7 +334,11 @@ impl Dispatch {
             && let (Some(namespace), Some(policy)) =
                 (revision.namespace(), revision.labels().get(POLICY_LABEL))
         {
-            self.ctx.triggers.policy(&namespace, policy);
+            if revision.labels().contains_key(POLICY_KIND_LABEL) {
+                self.ctx.triggers.cluster_policy(policy);
+            } else {
+                self.ctx.triggers.policy(&namespace, policy);
+            }
         }
     }
 }

@@ -37,22 +37,21 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use sidecar_api::{ClusterSidecarPolicy, POLICY_LABEL, SidecarPolicy};
-use sidecar_core::cluster::Exclusions;
 use sidecar_core::{Guardrails, supports_native_sidecars};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 
 pub use context::{
-    CACHE_RETRY, Caches, ClusterCaches, Context, DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MAX_HOLD, Transition,
-    TriggerStreams, Triggers,
+    CACHE_RETRY, Caches, ClusterCaches, ClusterOptions, Context, DEFAULT_EXCLUDED_NAMESPACES,
+    DEFAULT_MAX_HOLD, DEFAULT_REVISION_NAMESPACE, Transition, TriggerStreams, Triggers,
 };
 pub use dispatch::Dispatch;
 pub use error::Error;
 pub use hold::{BINDING as ADMISSION_HOLD_BINDING, check_active as admission_hold_active, unwatched_hold};
 pub use policy_sets::{NamespacePolicies, PolicySets};
 pub use reconcile::{error_policy, reconcile};
-pub use revisions::revision_name;
+pub use revisions::{cluster_revision_name, revision_name};
 pub use status::{
     cluster_status_error_policy, reconcile_cluster_status, reconcile_status, status_error_policy,
 };
@@ -101,8 +100,8 @@ struct Writers {
 
 impl Scope {
     /// Sets up the watches and controllers for `namespace` (all namespaces when `None`, and then
-    /// ClusterSidecarPolicies too, kept out of the namespaces in `exclusions`) and checks that
-    /// the API server runs native sidecars.
+    /// ClusterSidecarPolicies too, as `cluster` says) and checks that the API server runs native
+    /// sidecars.
     pub async fn new(
         client: Client,
         namespace: Option<&str>,
@@ -110,7 +109,7 @@ impl Scope {
         metrics: Arc<Metrics>,
         concurrency: u16,
         max_hold: Duration,
-        exclusions: Exclusions,
+        cluster: ClusterOptions,
     ) -> Self {
         let apis = match namespace {
             Some(ns) => Apis {
@@ -136,7 +135,7 @@ impl Scope {
         let (deployments, deployment_writer) = reflector::store();
         let (policies, policy_writer) = reflector::store();
         let (revisions, revision_writer) = reflector::store();
-        let (cluster, cluster_writers) = match apis.cluster {
+        let (cluster_caches, cluster_writers) = match apis.cluster {
             Some(_) => {
                 let (policies, policy_writer) = reflector::store();
                 let (namespaces, namespace_writer) = reflector::store();
@@ -151,14 +150,14 @@ impl Scope {
             deployments,
             policies,
             revisions,
-            cluster,
+            cluster: cluster_caches,
         };
         let (triggers, streams) = Triggers::new();
         let ctx = Context::new(client, caches, guardrails, triggers)
             .with_unsupported_server(unsupported_server)
             .with_metrics(metrics)
             .with_max_hold(max_hold)
-            .with_exclusions(exclusions)
+            .with_cluster_options(cluster)
             .with_background_events();
         Scope {
             ctx: Arc::new(ctx),

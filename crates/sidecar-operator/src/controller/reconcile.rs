@@ -22,6 +22,7 @@ use super::context::{CACHE_RETRY, Context, Written};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
 use super::hold::{self, Release};
+use super::rollouts::Reach;
 use super::view::DeploymentView;
 use super::{revisions, rollouts};
 
@@ -251,17 +252,15 @@ fn staged_pins(
         return Ok(pins);
     }
     for name in selected {
-        // A ClusterSidecarPolicy's new revision reaches every Deployment at once (for now).
-        if cluster::cluster_name(name).is_some() {
-            continue;
-        }
         let Some(current) = set.revision(name) else {
             continue;
         };
+        let reach = Reach::of(name, view.namespace());
+        let member = reach.member(view.namespace(), view.name());
         let carries = carried.iter().find(|(p, _)| p == name).map(|(_, r)| r.as_str());
         if carries == Some(current)
             || !set.problems(name).is_empty()
-            || ctx.rollouts.allows(view.namespace(), name, current, view.name())
+            || ctx.rollouts.allows(reach.home(), name, current, &member)
         {
             continue;
         }
@@ -271,8 +270,12 @@ fn staged_pins(
                 let policy = set
                     .policies()
                     .find(|p| p.metadata.name.as_deref() == Some(name.as_str()));
-                let at = policy.and_then(|p| rollouts::revision_at(&ctx.caches.revisions, p, hash));
-                Some(at.ok_or_else(|| revisions::revision_name(name, hash))?)
+                let at = policy.and_then(|p| rollouts::revision_at(ctx, p, hash));
+                let missing = || match cluster::cluster_name(name) {
+                    Some(cluster_name) => revisions::cluster_revision_name(cluster_name, hash),
+                    None => revisions::revision_name(name, hash),
+                };
+                Some(at.ok_or_else(missing)?)
             }
         };
         pins.push((name.clone(), earlier));

@@ -12,17 +12,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use sidecar_api::{REVISION_LABEL, SidecarPolicy};
 use sidecar_core::outcome::State;
 use sidecar_core::rollout::{self, Decision, Member, Phase, Progress, Settings};
-use sidecar_core::{revision, selector};
+use sidecar_core::{cluster, revision, selector};
 use tracing::debug;
 
 use super::context::Context;
-use super::revisions::revision_name;
+use super::revisions::{cluster_revision_name, revision_name};
 
 /// One policy's rollout.
 #[derive(Debug, Default)]
@@ -37,7 +36,7 @@ struct Rollout {
     stopped: bool,
 }
 
-/// Rollouts by (namespace, policy).
+/// Rollouts by (namespace, policy key); a ClusterSidecarPolicy's by ("", key), see [`Reach`].
 #[derive(Debug, Default)]
 pub struct Rollouts {
     by_policy: Mutex<HashMap<(String, String), Rollout>>,
@@ -130,20 +129,74 @@ impl Rollout {
     }
 }
 
+/// Where a policy's rollout reaches: the Deployments of its own namespace (a SidecarPolicy), or
+/// of every namespace (a ClusterSidecarPolicy). Rollouts are kept by (`home`, key), and their
+/// Deployments are named by [`Reach::member`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reach<'a> {
+    Namespace(&'a str),
+    Cluster,
+}
+
+impl<'a> Reach<'a> {
+    /// The reach of the policy with engine key `key` seen from a Deployment of `namespace`.
+    pub fn of(key: &str, namespace: &'a str) -> Self {
+        match cluster::cluster_name(key) {
+            Some(_) => Reach::Cluster,
+            None => Reach::Namespace(namespace),
+        }
+    }
+
+    /// The first half of the rollout's key: the namespace, or nothing.
+    pub fn home(self) -> &'a str {
+        match self {
+            Reach::Namespace(namespace) => namespace,
+            Reach::Cluster => "",
+        }
+    }
+
+    /// How the rollout names Deployment `name` of `namespace`: by name within a namespace,
+    /// `namespace/name` across namespaces.
+    pub fn member(self, namespace: &str, name: &str) -> String {
+        match self {
+            Reach::Namespace(_) => name.to_owned(),
+            Reach::Cluster => format!("{namespace}/{name}"),
+        }
+    }
+
+    /// The namespace and name of member `member` (see [`Reach::member`]).
+    fn deployment<'m>(self, member: &'m str) -> (&'m str, &'m str)
+    where
+        'a: 'm,
+    {
+        match self {
+            Reach::Namespace(namespace) => (namespace, member),
+            Reach::Cluster => member.split_once('/').unwrap_or(("", member)),
+        }
+    }
+}
+
 /// Plans the rollout of `policy`'s current revision `target` from the outcome index, stores the
-/// grants, and triggers the Deployments allowed to move now.
-pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, target: &str) -> Decision {
-    let namespace = policy.namespace().unwrap_or_default();
+/// grants, and triggers the Deployments allowed to move now. `policy` is as the engine names it
+/// (a ClusterSidecarPolicy by its key).
+pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, reach: Reach<'_>, target: &str) -> Decision {
     let name = policy.name_any();
     let settings_of = policy.spec.rollout.as_ref();
     let canary = settings_of.and_then(|r| r.canary.as_ref()).map(|c| &c.selector);
     // Owned copies: the index stays locked only while they are taken.
     let matched: Vec<(String, Option<String>, Progress)> = {
         let outcomes = ctx.outcomes();
-        outcomes
-            .involving(&namespace, &name)
-            .filter_map(|deployment| {
-                let outcome = outcomes.get(&namespace, deployment)?;
+        let involved: Vec<(&str, &str)> = match reach {
+            Reach::Namespace(namespace) => outcomes
+                .involving(namespace, &name)
+                .map(|d| (namespace, d))
+                .collect(),
+            Reach::Cluster => outcomes.involving_anywhere(&name).collect(),
+        };
+        involved
+            .into_iter()
+            .filter_map(|(namespace, deployment)| {
+                let outcome = outcomes.get(namespace, deployment)?;
                 // A refused or blocked render cannot move, whatever the rollout allows: it would
                 // hold a place in the budget forever. Its status lines say why.
                 let stuck = matches!(
@@ -156,20 +209,26 @@ pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, target: &str) -> Decis
                         .iter()
                         .find(|(p, _)| *p == name)
                         .map(|(_, r)| r.clone());
-                    (deployment.to_owned(), carries, outcome.progress.clone())
+                    (
+                        reach.member(namespace, deployment),
+                        carries,
+                        outcome.progress.clone(),
+                    )
                 })
             })
             .collect()
     };
-    let is_canary = |deployment: &str| {
+    let is_canary = |member: &str| {
         canary.is_some_and(|selector| {
+            let (namespace, deployment) = reach.deployment(member);
             ctx.caches
                 .deployments
-                .get(&ObjectRef::new(deployment).within(&namespace))
+                .get(&ObjectRef::new(deployment).within(namespace))
                 .is_some_and(|view| selector::matches(selector, &view.labels).unwrap_or(false))
         })
     };
-    let granted = ctx.rollouts.granted(&namespace, &name, target);
+    let home = reach.home();
+    let granted = ctx.rollouts.granted(home, &name, target);
     let rolling: Vec<&str> = matched
         .iter()
         .filter(|(d, carries, progress)| {
@@ -180,7 +239,7 @@ pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, target: &str) -> Decis
         .collect();
     let rolling_for = ctx
         .rollouts
-        .rolling_for(&namespace, &name, target, &rolling, Instant::now());
+        .rolling_for(home, &name, target, &rolling, Instant::now());
     let members: Vec<Member<'_>> = matched
         .iter()
         .map(|(d, carries, progress)| Member {
@@ -193,26 +252,33 @@ pub(crate) fn plan(ctx: &Context, policy: &SidecarPolicy, target: &str) -> Decis
         .collect();
     let settings = Settings::of(settings_of, members.len(), target);
     let decision = rollout::plan(target, &settings, &members, &granted);
-    for deployment in ctx.rollouts.decided(&namespace, &name, target, &decision) {
-        debug!(policy = %name, %deployment, revision = target, "may move to the current revision");
-        ctx.triggers.deployment(&namespace, &deployment);
+    for member in ctx.rollouts.decided(home, &name, target, &decision) {
+        debug!(policy = %name, deployment = %member, revision = target, "may move to the current revision");
+        let (namespace, deployment) = reach.deployment(&member);
+        ctx.triggers.deployment(namespace, deployment);
     }
     ctx.metrics.set_rollouts_stopped(ctx.rollouts.stopped());
     decision
 }
 
-/// `policy` as it was at revision `hash`, from its stored ControllerRevision; `None` if the
-/// cache does not hold it (yet), or its content does not hash to `hash` (a revision written by
-/// a release whose content this one reads differently: rendering it would be a change).
-pub fn revision_at(
-    revisions: &Store<ControllerRevision>,
-    policy: &SidecarPolicy,
-    hash: &str,
-) -> Option<SidecarPolicy> {
-    let namespace = policy.namespace()?;
+/// `policy` (as the engine names it) as it was at revision `hash`, from its stored
+/// ControllerRevision; `None` if the cache does not hold it (yet), or its content does not hash
+/// to `hash` (a revision written by a release whose content this one reads differently:
+/// rendering it would be a change).
+pub fn revision_at(ctx: &Context, policy: &SidecarPolicy, hash: &str) -> Option<SidecarPolicy> {
     let uid = policy.uid()?;
-    let stored =
-        revisions.get(&ObjectRef::new(&revision_name(&policy.name_any(), hash)).within(&namespace))?;
+    let key = policy.name_any();
+    let (namespace, name) = match cluster::cluster_name(&key) {
+        Some(cluster_name) => (
+            ctx.revision_namespace.clone(),
+            cluster_revision_name(cluster_name, hash),
+        ),
+        None => (policy.namespace()?, revision_name(&key, hash)),
+    };
+    let stored = ctx
+        .caches
+        .revisions
+        .get(&ObjectRef::new(&name).within(&namespace))?;
     let owned = stored
         .owner_references()
         .iter()

@@ -22,8 +22,8 @@ use tracing::{debug, instrument, warn};
 use super::context::{CACHE_RETRY, Context, PolicyId, cluster_policy_id, policy_id};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
-use super::revisions::sync_history;
-use super::rollouts;
+use super::revisions::{Owner, sync_history};
+use super::rollouts::{self, Reach};
 use super::{FIELD_MANAGER, GuardedClusterPolicy, GuardedPolicy};
 
 #[instrument(skip_all, fields(policy = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default()))]
@@ -76,9 +76,9 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
         // triggers this reconcile again.
         return Ok(Action::requeue(CACHE_RETRY));
     };
-    sync_history(&ctx, policy, &revision).await?;
+    sync_history(&ctx, &Owner::policy(policy), &revision).await?;
 
-    let decision = rollouts::plan(&ctx, policy, &revision);
+    let decision = rollouts::plan(&ctx, policy, Reach::Namespace(&namespace), &revision);
     // A rolling Deployment's deadline passes without an event.
     let next = || {
         decision
@@ -97,9 +97,9 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
     settle(&ctx, &subject, &policies.set, &summary, next()).await
 }
 
-/// One ClusterSidecarPolicy: aggregate its status from the outcomes in every namespace and write
-/// it when it changed. It keeps no revision history and rolls out at once (for now), so there
-/// is no history to keep and no rollout to plan.
+/// One ClusterSidecarPolicy: keep its revision history (in the operator's namespace), plan its
+/// rollout across namespaces, then aggregate its status from the outcomes in every namespace and
+/// write it when it changed.
 #[instrument(skip_all, fields(cluster_policy = %guarded.name_any()))]
 pub async fn reconcile_cluster_status(
     guarded: Arc<GuardedClusterPolicy>,
@@ -145,7 +145,18 @@ pub async fn reconcile_cluster_status(
     }
     let set = PolicySet::for_cluster_policy(cluster_policy, &ctx.guardrails);
     let revision = set.revision(&id.1).unwrap_or_default().to_owned();
-    let summary = ctx.outcomes().summary_across(&id.1, &revision);
+    sync_history(
+        &ctx,
+        &Owner::cluster_policy(cluster_policy, &ctx.revision_namespace),
+        &revision,
+    )
+    .await?;
+    let decision = rollouts::plan(&ctx, &policy, Reach::Cluster, &revision);
+    let next = decision
+        .recheck
+        .map_or_else(Action::await_change, Action::requeue);
+    let mut summary = ctx.outcomes().summary_across(&id.1, &revision);
+    summary.rollout = Some((decision.counts, decision.phase.clone()));
     let subject = Subject {
         id,
         policy: &policy,
@@ -153,7 +164,7 @@ pub async fn reconcile_cluster_status(
         reference: guarded.object_ref(&()),
         matched_namespaces: Some(matched_namespaces(&ctx, cluster_policy)),
     };
-    settle(&ctx, &subject, &set, &summary, Action::await_change()).await
+    settle(&ctx, &subject, &set, &summary, next).await
 }
 
 /// How many namespaces `policy`'s namespaceSelector selects.
