@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet};
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
@@ -24,6 +24,7 @@ use kube::{Client, Config, ResourceExt};
 use serde_json::{Value, json};
 use sidecar_api::{ClusterSidecarPolicy, HELD_FOR_ANNOTATION};
 use sidecar_core::Guardrails;
+use sidecar_operator::controller;
 
 mod support {
     pub mod cluster;
@@ -214,6 +215,45 @@ async fn labelling_a_namespace_injects_and_unlabelling_restores_exactly() {
         init_names(&in_plain.get("web").await.unwrap()).is_empty(),
         "the unlabelled namespace is untouched"
     );
+
+    // Its revision is stored in the operator's namespace; a new one reaches the Deployment (it
+    // runs nothing, so it moves at once).
+    let revisions: Api<ControllerRevision> =
+        Api::namespaced(client.clone(), controller::DEFAULT_REVISION_NAMESPACE);
+    let first = status.current_revision.clone().unwrap();
+    wait_for("the first revision stored", || async {
+        revisions
+            .get_opt(&controller::cluster_revision_name(&name, &first))
+            .await
+            .ok()?
+    })
+    .await;
+    let mut changed = cluster_policy(&name, &label);
+    changed["spec"]["sidecars"][0]["image"] = json!("envoy:1.32");
+    policies
+        .patch(&name, &PatchParams::apply("sidecar-e2e"), &Patch::Apply(&changed))
+        .await
+        .unwrap();
+    wait_for("the new revision in the Deployment", || async {
+        let live = in_meshed.get("web").await.ok()?;
+        let pod = live.spec.template.spec?;
+        (pod.init_containers?[0].image.as_deref() == Some("envoy:1.32")).then_some(())
+    })
+    .await;
+    let status = wait_for("the status to count it up to date", || async {
+        let status = policies.get(&name).await.ok()?.status?;
+        (status.current_revision.as_deref() != Some(first.as_str()) && status.up_to_date_deployments == 1)
+            .then_some(status)
+    })
+    .await;
+    let second = status.current_revision.unwrap();
+    wait_for("the second revision stored", || async {
+        revisions
+            .get_opt(&controller::cluster_revision_name(&name, &second))
+            .await
+            .ok()?
+    })
+    .await;
 
     label_namespace(&client, &meshed.name, &label, None).await;
     let restored = wait_for("the sidecar to go with the label", || async {
