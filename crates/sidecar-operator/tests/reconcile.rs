@@ -308,18 +308,31 @@ async fn a_wrong_stored_order_is_fixed_with_a_guarded_reorder() {
 #[tokio::test]
 async fn a_field_owned_by_someone_else_is_a_conflict_not_a_force() {
     let mut h = Harness::new(vec![policy("shipper")], vec![deployment()]);
+    let conflict = |mut handle: ApiHandle| async move {
+        let (_, send) = expect_apply(&mut handle).await;
+        fail(
+            send,
+            409,
+            "Conflict",
+            "Apply failed with 1 conflict: conflict with \"flux\": .spec.template.spec.initContainers[name=\"shipper\"].image",
+        );
+        handle
+    };
     let result = h
-        .reconcile("web", |mut handle| async move {
-            let (_, send) = expect_apply(&mut handle).await;
-            fail(
-                send,
-                409,
-                "Conflict",
-                "Apply failed with 1 conflict: conflict with \"flux\": .spec.template.spec.initContainers[name=\"shipper\"].image",
-            );
+        .reconcile("web", move |handle| async move {
+            let mut handle = conflict(handle).await;
+            // A Warning Event names the other field manager, once.
+            let (event, send) = expect_event_create(&mut handle).await;
+            assert_eq!(event["reason"], "FieldConflict");
+            assert_eq!(event["type"], "Warning");
+            assert!(event["note"].as_str().unwrap().contains("flux"), "{event}");
+            respond(send, &event);
             handle
         })
         .await;
+    // The same conflict again (the retry): no second Event.
+    let again = h.reconcile("web", conflict).await;
+    assert!(again.is_err());
     let error = result.unwrap_err();
     assert!(matches!(error, Error::FieldConflict { .. }), "{error}");
     assert!(error.to_string().contains("Deployment demo/web"), "{error}");

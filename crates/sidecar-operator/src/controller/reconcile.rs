@@ -14,6 +14,7 @@ use serde_json::json;
 use sidecar_api::SidecarPolicy;
 use sidecar_core::outcome::{Outcome, State};
 use sidecar_core::rollout::Progress;
+use sidecar_core::status::reasons;
 use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, PolicySet, Refusal, cluster};
 use tracing::{debug, info, instrument, warn};
 
@@ -220,11 +221,24 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             Ok(Action::await_change())
         }
         Err(error) => {
+            let conflict = matches!(error, Error::FieldConflict { .. });
             let state = State::WriteFailed {
-                conflict: matches!(error, Error::FieldConflict { .. }),
+                conflict,
                 message: error.to_string(),
             };
-            ctx.record_outcome(namespace, name, outcome(state, held));
+            let transition = ctx.record_outcome(namespace, name, outcome(state, held));
+            if conflict && transition.changed {
+                // Needs a person (the other field manager's owner): say so once, where
+                // `kubectl describe` shows it; the policies' status says it too.
+                let report = Report::new(
+                    reference(&view),
+                    EventType::Warning,
+                    reasons::FIELD_CONFLICT,
+                    "Apply",
+                    format!("not changed: {error}"),
+                );
+                ctx.events.publish(report.once(transition.first)).await;
+            }
             Err(error)
         }
     }
