@@ -1,5 +1,6 @@
-//! The `sidecar-operator` command: offline rendering of SidecarPolicies against Deployments, and
-//! the CRD. `main.rs` only parses arguments and maps results to exit codes.
+//! The `sidecar-operator` command: the controller (`run`: watches, reconciles, writes, health and
+//! metrics, leader election), offline rendering of policies against Deployments (`render`), and
+//! the CRDs (`crd`). `main.rs` only parses arguments and maps results to exit codes.
 
 pub mod cli;
 pub mod controller;
