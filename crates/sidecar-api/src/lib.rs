@@ -67,4 +67,8 @@ pub mod conditions {
     /// `spec.rollout.paused` holds Deployments back on the revision they carry. Present, `True`,
     /// only then.
     pub const PAUSED: &str = "Paused";
+    /// The policy works, but its spec leaves something to chance (a sidecar without a
+    /// startupProbe, a container without resource requests, an unpinned image); the message
+    /// names the fields. Present, `True`, only then; it never makes the policy not Ready.
+    pub const WARNINGS: &str = "Warnings";
 }

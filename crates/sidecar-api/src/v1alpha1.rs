@@ -337,8 +337,8 @@ pub struct SidecarPolicyStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_deployments: i32,
 
-    /// `Ready`, and `Conflict`, `Invalid`, `Degraded`, `Paused`, `Reconciling` or `Stalled` when
-    /// they apply.
+    /// `Ready`, and `Conflict`, `Invalid`, `Degraded`, `Paused`, `Warnings`, `Reconciling` or
+    /// `Stalled` when they apply.
     /// Reasons and messages name the Deployment and field concerned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]

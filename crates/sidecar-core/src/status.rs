@@ -30,6 +30,8 @@ pub mod reasons {
     pub const ROLLOUT_PAUSED: &str = "RolloutPaused";
     /// A Deployment failed its rollout to the current revision; nothing more moves.
     pub const ROLLOUT_STOPPED: &str = "RolloutStopped";
+    /// The `Warnings` condition's reason: the policy's spec has warnings (see `validate`).
+    pub const POLICY_WARNINGS: &str = "PolicyWarnings";
 }
 
 /// The first Kubernetes minor version with native sidecar containers (beta, on by default).
@@ -186,11 +188,11 @@ pub fn from_summary(
     let ready = if let Some((reason, message)) = invalid.as_ref().or(conflict.as_ref()) {
         (false, *reason, message.clone())
     } else if matched == 0 {
-        (
-            true,
-            reasons::NO_MATCH,
-            "the selector matches no Deployment in this namespace".to_owned(),
-        )
+        let message = match crate::cluster::cluster_name(name) {
+            Some(_) => "the selector matches no Deployment in the namespaces the namespaceSelector selects",
+            None => "the selector matches no Deployment in this namespace",
+        };
+        (true, reasons::NO_MATCH, message.to_owned())
     } else if let Some(Phase::Stopped { deployment, message }) = phase {
         (
             false,
@@ -242,6 +244,16 @@ pub fn from_summary(
         (false, reasons::ROLLOUT_PAUSED) => (None, None),
         (false, _) => (None, Some((ready_reason, ready_message.clone()))),
     };
+    // What the policy's own spec leaves to chance (no startupProbe, no requests, an unpinned
+    // image): said in the status, never held against Ready.
+    let own_warnings = set.warnings(name);
+    let warnings = (!own_warnings.is_empty()).then(|| {
+        let mut named = Named::default();
+        for warning in own_warnings {
+            named.push_line(format!("{}: {}", warning.field, warning.message));
+        }
+        (reasons::POLICY_WARNINGS, named.text())
+    });
     let paused = policy.spec.rollout.as_ref().filter(|r| r.paused).map(|_| {
         (
             reasons::ROLLOUT_PAUSED,
@@ -262,6 +274,7 @@ pub fn from_summary(
         (conditions::CONFLICT, conflict),
         (conditions::DEGRADED, degraded),
         (conditions::PAUSED, paused),
+        (conditions::WARNINGS, warnings),
         (conditions::RECONCILING, reconciling),
         (conditions::STALLED, stalled),
     ] {

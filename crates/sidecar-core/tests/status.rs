@@ -296,3 +296,33 @@ fn a_paused_rollout_is_neither_reconciling_nor_stalled() {
     assert!(condition(&s, "Paused").is_none());
     assert_eq!(s.rolling_deployments, 2);
 }
+
+#[test]
+fn warnings_of_the_policy_are_a_condition_that_never_touches_ready() {
+    let policies = [sidecar_policy("p", "s")];
+    let clean = status_of("p", &policies, &[rendered(&web(), &policies)], None, 0);
+    assert!(condition(&clean, "Warnings").is_none(), "{clean:?}");
+
+    let mut careless = sidecar_policy("p", "s");
+    careless.spec.sidecars[0].startup_probe = None;
+    careless.spec.sidecars[0].image = Some("busybox".into());
+    let policies = [careless];
+    let s = status_of("p", &policies, &[rendered(&web(), &policies)], None, 0);
+    assert_eq!(ready(&s), ("True".into(), "UpToDate".into()));
+    let warnings = condition(&s, "Warnings").unwrap();
+    assert_eq!(
+        (warnings.status.as_str(), warnings.reason.as_str()),
+        ("True", "PolicyWarnings")
+    );
+    assert!(
+        warnings.message.contains("spec.sidecars[0].startupProbe"),
+        "{}",
+        warnings.message
+    );
+    assert!(
+        warnings.message.contains("spec.sidecars[0].image"),
+        "{}",
+        warnings.message
+    );
+    assert!(condition(&s, "Stalled").is_none() && condition(&s, "Reconciling").is_none());
+}

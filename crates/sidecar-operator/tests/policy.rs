@@ -398,3 +398,40 @@ async fn progress_is_written_at_most_once_a_second_but_a_new_condition_at_once()
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn the_policys_own_warnings_are_a_condition_and_one_warning_event() {
+    let mut careless = policy("shipper");
+    careless.spec.sidecars[0].startup_probe = None;
+    let policies = vec![careless];
+    let mut h = synced(policies.clone(), vec![stored(&deployment(), &policies)], vec![]).await;
+    h.reconcile_policy("shipper", |mut handle| async move {
+        let (request, body, send) = next(&mut handle).await;
+        assert_eq!(request.method(), Method::POST, "the first revision");
+        respond(send, &body);
+        let (event, send) = expect_event_create(&mut handle).await;
+        assert_eq!(
+            (event["reason"].as_str(), event["type"].as_str()),
+            (Some("PolicyWarnings"), Some("Warning"))
+        );
+        assert!(
+            event["note"].as_str().unwrap().contains("startupProbe"),
+            "{event}"
+        );
+        assert_eq!(event["regarding"]["kind"], "SidecarPolicy");
+        respond(send, &event);
+        let (status, _, send) = expect_status(&mut handle).await;
+        let conditions = status["conditions"].as_array().unwrap();
+        let warnings = conditions.iter().find(|c| c["type"] == "Warnings").unwrap();
+        assert_eq!(warnings["reason"], "PolicyWarnings");
+        assert_eq!(conditions[0]["status"], "True", "Ready all the same");
+        respond(send, &policy("shipper"));
+        handle
+    })
+    .await
+    .unwrap();
+    // Nothing new: no second Event, no second write.
+    h.reconcile_policy("shipper", |handle| async move { handle })
+        .await
+        .unwrap();
+}

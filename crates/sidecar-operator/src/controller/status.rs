@@ -234,6 +234,7 @@ async fn settle(
         return Ok(Action::requeue(wait));
     }
     report_invalid(ctx, &subject.reference, previous, &status).await;
+    report_warnings(ctx, &subject.reference, previous, &status).await;
     report_stopped(ctx, &subject.reference, previous, &status).await;
     match cluster::cluster_name(&subject.id.1) {
         Some(name) => write_cluster_status(ctx, name, &status).await?,
@@ -376,6 +377,33 @@ async fn report_invalid(
     {
         let note = format!("no Deployment gets this policy until it is fixed: {message}");
         let report = Report::new(policy.clone(), EventType::Warning, &reason, "Validate", note);
+        ctx.events.publish(report).await;
+    }
+}
+
+/// A Warning Event on the policy when its spec's warnings appear or change, once: the `Warnings`
+/// condition keeps saying so.
+async fn report_warnings(
+    ctx: &Context,
+    policy: &ObjectReference,
+    previous: Option<&SidecarPolicyStatus>,
+    status: &SidecarPolicyStatus,
+) {
+    let warnings = |s: Option<&SidecarPolicyStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::WARNINGS))
+            .filter(|c| c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    if let Some(message) = warnings(Some(status))
+        && warnings(previous).as_ref() != Some(&message)
+    {
+        let report = Report::new(
+            policy.clone(),
+            EventType::Warning,
+            reasons::POLICY_WARNINGS,
+            "Validate",
+            message,
+        );
         ctx.events.publish(report).await;
     }
 }
