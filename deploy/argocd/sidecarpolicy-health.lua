@@ -1,6 +1,6 @@
--- Argo CD health check for sidecar.dev/SidecarPolicy, read from the status sidecar-operator
--- writes. A policy is Healthy when its Ready condition is True (this includes a selector that
--- matches nothing yet), Progressing while the operator has not caught up with the policy's
+-- Argo CD health check for sidecar.dev/SidecarPolicy and ClusterSidecarPolicy (the same
+-- status), read from the status sidecar-operator writes. A policy is Healthy when its Ready
+-- condition is True (this includes a selector that matches nothing yet), Progressing while the operator has not caught up with the policy's
 -- generation or is still rolling it out, Suspended while its rollout is paused
 -- (spec.rollout.paused), and Degraded when Ready is False for any other reason (Conflict,
 -- InvalidPolicy, GuardrailRefused, BlockedByOtherPolicy, RolloutStopped, UnsupportedServer).

@@ -113,8 +113,10 @@ fn crd_default_status() -> Value {
 fn the_argocd_cm_patch_carries_the_health_check_verbatim() {
     let patch = &documents("deploy/argocd/argocd-cm-patch.yaml")[0];
     assert_eq!(patch["metadata"]["name"], "argocd-cm");
-    let key = "resource.customizations.health.sidecar.dev_SidecarPolicy";
-    assert_eq!(patch["data"][key].as_str(), Some(health_check().as_str()));
+    for kind in ["SidecarPolicy", "ClusterSidecarPolicy"] {
+        let key = format!("resource.customizations.health.sidecar.dev_{kind}");
+        assert_eq!(patch["data"][&key].as_str(), Some(health_check().as_str()), "{key}");
+    }
 }
 
 #[test]
