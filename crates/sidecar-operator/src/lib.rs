@@ -1,11 +1,15 @@
-//! The `sidecar-operator` command: offline rendering of SidecarPolicies against Deployments, and
-//! the CRD. `main.rs` only parses arguments and maps results to exit codes.
+//! The `sidecar-operator` command: offline rendering of SidecarPolicies against Deployments, the
+//! read-only `plan` and `explain` against a cluster, the CRD, and the controller. `main.rs` only
+//! parses arguments and maps results to exit codes.
 
 pub mod cli;
+pub mod cluster_state;
 pub mod controller;
 pub mod crd;
+pub mod explain_cmd;
 pub mod http;
 pub mod input;
 pub mod leader;
 pub mod metrics;
+pub mod plan_cmd;
 pub mod render_cmd;
