@@ -34,11 +34,23 @@ test:
 # --no-fail-fast: a failing test file does not hide the others' results.
 e2e *filter:
     cargo build --package sidecar-operator --locked
-    cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_hold --test e2e_rollout --test e2e_cluster --test e2e_install --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
+    cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_hold --test e2e_rollout --test e2e_cluster --test e2e_plan --test e2e_install --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
 
 # Run the operator against the current kubeconfig's cluster (install the CRD first: `just install-crd`).
 run *args:
     {{operator}} run {{args}}
+
+# Show what policy files would change in the current kubeconfig's cluster (read-only), e.g.
+# `just plan --policy policy.yaml --diff`.
+plan *args:
+    {{operator}} plan {{args}}
+
+# Install the binary as the kubectl plugin `kubectl sidecar` (a link named kubectl-sidecar on PATH):
+# then `kubectl sidecar explain deployment web -n demo`.
+kubectl-plugin dir="~/.local/bin":
+    cargo install --locked --path crates/sidecar-operator
+    mkdir -p {{dir}}
+    ln -sf "$(command -v sidecar-operator)" {{dir}}/kubectl-sidecar
 
 # Install or update the CRD in the current kubeconfig's cluster.
 install-crd:

@@ -115,7 +115,11 @@ fn the_argocd_cm_patch_carries_the_health_check_verbatim() {
     assert_eq!(patch["metadata"]["name"], "argocd-cm");
     for kind in ["SidecarPolicy", "ClusterSidecarPolicy"] {
         let key = format!("resource.customizations.health.sidecar.dev_{kind}");
-        assert_eq!(patch["data"][&key].as_str(), Some(health_check().as_str()), "{key}");
+        assert_eq!(
+            patch["data"][&key].as_str(),
+            Some(health_check().as_str()),
+            "{key}"
+        );
     }
 }
 

@@ -11,7 +11,9 @@ use sidecar_core::Guardrails;
     version,
     about = "Injects native sidecar containers into Deployments, as SidecarPolicies ask.",
     long_about = "Injects native sidecar containers into Deployments, as SidecarPolicies (sidecar.dev/v1alpha1) ask.\n\n\
-                  `render` shows what the operator would do, without a cluster. `crd` prints the CustomResourceDefinition."
+                  `render` shows what the operator would do, without a cluster. `plan` shows what a policy change would \
+                  do to the cluster's Deployments, and `explain` why a Deployment has the sidecars it has (both only read \
+                  the cluster). `crd` prints the CustomResourceDefinition."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -51,8 +53,127 @@ pub enum Command {
         the filter (default `info`)."
     )]
     Run(RunArgs),
+    /// Show what a policy change would do to the cluster's Deployments, before it is applied.
+    #[command(
+        long_about = "Show what a policy change would do to the cluster's Deployments, before it is applied.\n\n\
+        Reads the cluster of the current kubeconfig (KUBECONFIG, or the in-cluster service account) and \
+        never writes to it: it lists Deployments, SidecarPolicies, ClusterSidecarPolicies (skipped with a \
+        note when their CRD is not served) and Namespaces. The change is the --policy files (new or changed \
+        SidecarPolicies and ClusterSidecarPolicies; a policy of the same name replaces the cluster's) and the \
+        deletions. Every Deployment is rendered with the current policies and with the planned ones, as the \
+        operator would, and each one that would change, be refused or lose a policy is listed on a line of \
+        its own, then a summary. A Deployment whose live object is not what the current policies render is \
+        listed as pending: the operator has not applied them yet, or a staged rollout holds it back; the \
+        change is never measured from it.\n\n\
+        Documents that name no namespace, and --delete-policy names without one, are in the --namespace \
+        one, or the kubeconfig context's namespace.\n\n\
+        Exit codes: 0 planned; 1 bad input or the cluster could not be read; 2 the change would make the \
+        operator refuse a Deployment (every problem is listed), so that a CI pipeline fails."
+    )]
+    Plan(PlanArgs),
+    /// Explain why a Deployment has the sidecars it has: policies, labels, revisions, order.
+    #[command(long_about = "Explain why a Deployment has the sidecars it has.\n\n\
+        Reads the cluster of the current kubeconfig and never writes to it. Shows which policies select \
+        the Deployment and which selector terms matched (with the Deployment's and the namespace's label \
+        values), what each injected according to the Deployment's record and at which revision, the \
+        injection order and why, which policies do not select it and which term fails, whether the live \
+        Deployment is what the current policies render, and any refusal or warning.\n\n\
+        As a kubectl plugin: link the binary as `kubectl-sidecar` on PATH, then \
+        `kubectl sidecar explain deployment web -n demo`.")]
+    Explain(ExplainArgs),
     /// Print a CustomResourceDefinition as YAML (`crds/` holds their checked-in output).
     Crd(CrdArgs),
+}
+
+/// The name this binary has as a kubectl plugin: kubectl runs `kubectl-sidecar` for `kubectl
+/// sidecar`.
+pub const KUBECTL_PLUGIN: &str = "kubectl-sidecar";
+
+/// The command line parser, named as the binary was invoked: `kubectl sidecar` when it runs as
+/// the kubectl plugin (`argv0`'s file name is `kubectl-sidecar`), so that help and errors show
+/// the command the user typed.
+pub fn command_for(argv0: Option<&std::ffi::OsStr>) -> clap::Command {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let plugin = argv0
+        .and_then(|arg| std::path::Path::new(arg).file_stem())
+        .is_some_and(|stem| stem == KUBECTL_PLUGIN);
+    if plugin {
+        command.name("kubectl sidecar").bin_name("kubectl sidecar")
+    } else {
+        command
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["policies", "delete_policies", "delete_cluster_policies"]))]
+pub struct PlanArgs {
+    /// New or changed SidecarPolicy and ClusterSidecarPolicy file(s); repeat the flag or give
+    /// several files. `-` reads standard input.
+    #[arg(long = "policy", short = 'p', value_name = "FILE", num_args = 1..)]
+    pub policies: Vec<PathBuf>,
+
+    /// A SidecarPolicy to delete: NAME (in --namespace, or the context's namespace) or
+    /// NAMESPACE/NAME. Repeat for several.
+    #[arg(long = "delete-policy", value_name = "[NAMESPACE/]NAME")]
+    pub delete_policies: Vec<crate::plan_cmd::PolicyName>,
+
+    /// A ClusterSidecarPolicy to delete. Repeat for several.
+    #[arg(long = "delete-cluster-policy", value_name = "NAME", value_parser = crate::plan_cmd::parse_cluster_policy_name)]
+    pub delete_cluster_policies: Vec<String>,
+
+    /// Plan only this namespace's Deployments (default: all namespaces); also the namespace of
+    /// documents and --delete-policy names that name none.
+    #[arg(long, short = 'n', value_name = "NAMESPACE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub namespace: Option<String>,
+
+    /// Also print a unified diff per changed Deployment: current policies' render against the
+    /// planned one.
+    #[arg(long)]
+    pub diff: bool,
+
+    /// A namespace where no ClusterSidecarPolicy injects, as the operator's flag of the same name.
+    #[arg(
+        long = "exclude-namespace",
+        value_name = "NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub exclude_namespaces: Vec<String>,
+
+    #[command(flatten)]
+    pub guardrails: GuardrailArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The kind of object to explain.
+    #[arg(value_enum)]
+    pub kind: ExplainKind,
+
+    /// The Deployment's name.
+    pub name: String,
+
+    /// The Deployment's namespace (default: the kubeconfig context's namespace).
+    #[arg(long, short = 'n', value_name = "NAMESPACE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub namespace: Option<String>,
+
+    /// A namespace where no ClusterSidecarPolicy injects, as the operator's flag of the same name.
+    #[arg(
+        long = "exclude-namespace",
+        value_name = "NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub exclude_namespaces: Vec<String>,
+
+    #[command(flatten)]
+    pub guardrails: GuardrailArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainKind {
+    /// A Deployment (also `deploy`, `deployments`).
+    #[value(name = "deployment", aliases = ["deploy", "deployments"])]
+    Deployment,
 }
 
 #[derive(Debug, Args)]

@@ -3,13 +3,14 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::Parser;
-use sidecar_operator::cli::{Cli, Command, CrdKind, LogFormat, RunArgs};
+use clap::FromArgMatches;
+use sidecar_operator::cli::{self, Cli, Command, CrdKind, ExplainArgs, LogFormat, PlanArgs, RunArgs};
 
 use sidecar_core::cluster::Exclusions;
 use sidecar_operator::controller::{self, Scope};
 use sidecar_operator::leader::{self, Election};
-use sidecar_operator::{crd, http, render_cmd};
+use sidecar_operator::plan_cmd::{self, PlanError};
+use sidecar_operator::{cluster_state, crd, explain_cmd, http, render_cmd};
 
 /// Exit codes, as documented in `render --help`.
 const BAD_INPUT: u8 = 1;
@@ -18,8 +19,24 @@ const REFUSED: u8 = 2;
 const LOST_LEADERSHIP: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As the kubectl plugin (`kubectl-sidecar`), help and errors say `kubectl sidecar`.
+    let argv0 = std::env::args_os().next();
+    let parsed = cli::command_for(argv0.as_deref())
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        // A usage error is bad input (exit code 1, as documented); 2 means refused.
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(BAD_INPUT);
+        }
+        // --help and --version.
+        Err(e) => e.exit(),
+    };
     match cli.command {
+        Command::Plan(args) => plan(&args),
+        Command::Explain(args) => explain(&args),
         Command::Render(args) => match render_cmd::run(&args, std::io::stdin().lock()) {
             Ok(render_cmd::Outcome::Rendered {
                 output,
@@ -66,6 +83,110 @@ fn report(warnings: &[String], notes: &[String]) {
     }
     for note in notes {
         eprintln!("note: {note}");
+    }
+}
+
+/// Logs of the read-only commands: warnings only unless RUST_LOG says otherwise, on standard
+/// error, so that standard output is the report alone.
+fn quiet_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+fn plan(args: &PlanArgs) -> ExitCode {
+    quiet_logs();
+    // The files first: a mistake in them is reported without a cluster.
+    let files = match plan_cmd::read_policy_files(&args.policies, std::io::stdin().lock()) {
+        Ok(files) => files,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match current_thread() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    let result: Result<(plan_cmd::PlanReport, Vec<String>), PlanError> = runtime.block_on(async {
+        // Without -n, the namespace of documents that name none is the kubeconfig context's.
+        let (client, namespace) = match &args.namespace {
+            Some(namespace) => (None, namespace.clone()),
+            None => {
+                let client = cluster_state::connect().await?;
+                let namespace = client.default_namespace().to_owned();
+                (Some(client), namespace)
+            }
+        };
+        let mut notes = files.notes.clone();
+        let changes = files.changes(&namespace, &args.delete_policies, &args.delete_cluster_policies)?;
+        let client = match client {
+            Some(client) => client,
+            None => cluster_state::connect().await?,
+        };
+        let state = cluster_state::fetch(&client, args.namespace.as_deref()).await?;
+        let options = plan_cmd::Options {
+            guardrails: args.guardrails.to_guardrails(),
+            exclusions: Exclusions::new(args.exclude_namespaces.iter().cloned()),
+            namespace: args.namespace.clone(),
+        };
+        let report = plan_cmd::plan(&state, &changes, &options);
+        notes.extend(report.notes.iter().cloned());
+        Ok((report, notes))
+    });
+    let (planned, notes) = match result {
+        Ok(done) => done,
+        Err(e) => return fail(&e),
+    };
+    report(&planned.warnings, &notes);
+    let text = match planned.text(args.diff) {
+        Ok(text) => text,
+        Err(e) => return fail(&e),
+    };
+    let printed = print(&text);
+    let refused = planned.refused();
+    if refused > 0 {
+        eprintln!(
+            "error: the change would make the operator refuse {refused} Deployment{}",
+            if refused == 1 { "" } else { "s" }
+        );
+        return ExitCode::from(REFUSED);
+    }
+    printed
+}
+
+fn explain(args: &ExplainArgs) -> ExitCode {
+    quiet_logs();
+    let runtime = match current_thread() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    let result: Result<(String, Vec<String>), Box<dyn std::error::Error>> = runtime.block_on(async {
+        let client = cluster_state::connect().await?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let state = cluster_state::fetch_deployment(&client, &namespace, &args.name).await?;
+        let options = plan_cmd::Options {
+            guardrails: args.guardrails.to_guardrails(),
+            exclusions: Exclusions::new(args.exclude_namespaces.iter().cloned()),
+            namespace: None,
+        };
+        let text = explain_cmd::explain(&state, &namespace, &args.name, &options)?;
+        Ok((text, state.notes))
+    });
+    match result {
+        Ok((text, notes)) => {
+            report(&[], &notes);
+            print(&text)
+        }
+        Err(e) => fail(e.as_ref()),
     }
 }
 

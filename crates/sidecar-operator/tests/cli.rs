@@ -929,3 +929,139 @@ fn a_cluster_policy_given_twice_is_an_error() {
         stderr(&out)
     );
 }
+
+/// `plan` and `explain` with a kubeconfig that points nowhere: argument and file errors must be
+/// reported before any connection is tried.
+fn run_offline(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar-operator"))
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent/sidecar-operator/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn plan_rejects_a_deletion_it_cannot_read_as_bad_input() {
+    for (bad, expected) in [
+        ("sidecarpolicy/demo/x", "has more than one `/`"),
+        ("demo/", "name \"\" is empty"),
+        ("Demo/x", "namespace \"Demo\" is not a valid object name"),
+    ] {
+        let out = run_offline(&["plan", "--delete-policy", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{bad}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty());
+    }
+    let out = run_offline(&["plan", "--delete-cluster-policy", "demo/mesh"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("a ClusterSidecarPolicy has no namespace"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn plan_needs_a_change() {
+    let out = run_offline(&["plan", "-n", "demo"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--policy <FILE>"),
+        "the usage names what is missing: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn plan_reports_a_missing_or_wrong_file_before_connecting() {
+    let f = Fixture::new();
+    let out = run_offline(&["plan", "--policy", "/nonexistent/sidecar-operator/p.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: cannot read /nonexistent/sidecar-operator/p.yaml: "),
+        "{}",
+        stderr(&out)
+    );
+
+    let d = f.file("d.yaml", DEPLOYMENT);
+    let out = run_offline(&["plan", "--policy", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {} holds no SidecarPolicy or ClusterSidecarPolicy\n",
+            d.display()
+        )
+    );
+
+    // Well-formed: it gets as far as the cluster, which is not there.
+    let p = f.file("p.yaml", POLICY);
+    let out = run_offline(&["plan", "--policy", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot connect to the cluster of the current kubeconfig"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn plan_refuses_a_policy_both_given_and_deleted() {
+    let f = Fixture::new();
+    let p = f.file("p.yaml", POLICY);
+    let out = run_offline(&[
+        "plan",
+        "--policy",
+        p.to_str().unwrap(),
+        "-n",
+        "demo",
+        "--delete-policy",
+        "log-shipper",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    // With -n the namespace is known without the cluster, so this is found before connecting.
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "error: SidecarPolicy demo/log-shipper is both given (in {} document 1) and deleted",
+            p.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn explain_reads_only_deployments() {
+    let out = run_offline(&["explain", "pod", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("invalid value 'pod'"), "{}", stderr(&out));
+}
+
+#[test]
+fn as_a_kubectl_plugin_the_help_names_kubectl_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-sidecar");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidecar-operator"), &plugin).unwrap();
+    let out = Command::new(&plugin)
+        .args(["explain", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Usage: kubectl sidecar explain"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["explain", "--help"], None);
+    assert!(
+        stdout(&out).contains("Usage: sidecar-operator explain"),
+        "{}",
+        stdout(&out)
+    );
+}

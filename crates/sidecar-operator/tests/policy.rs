@@ -203,6 +203,9 @@ async fn old_revisions_beyond_the_limit_are_deleted_unless_a_deployment_carries_
                 "Conflict",
                 "Apply failed with 1 conflict: conflict with \"kubectl-edit\"",
             );
+            let (event, send) = expect_event_create(&mut handle).await;
+            assert_eq!(event["reason"], "FieldConflict");
+            respond(send, &event);
             handle
         })
         .await;
