@@ -245,7 +245,7 @@ fn the_admission_hold_never_holds_where_nobody_releases() {
     let (operator_, excluded) = named_namespaces(binding);
     assert_eq!(operator_, "NotIn");
     let mut never = BTreeSet::from([operator_namespace(&objects)]);
-    never.extend(run_args(&objects).exclude_namespaces);
+    never.extend(run_args(&objects).exclusions.exclude_namespaces);
     assert_eq!(
         excluded, never,
         "the binding excludes what --exclude-namespace excludes"

@@ -18,8 +18,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::DynamicObject;
-use kube::discovery::ApiResource;
 use kube::{Client, Config, ResourceExt};
 use serde_json::{Value, json};
 use sidecar_api::{ClusterSidecarPolicy, HELD_FOR_ANNOTATION};
@@ -29,10 +27,12 @@ use sidecar_operator::controller;
 mod support {
     pub mod cluster;
     pub mod control_plane;
+    pub mod hold;
     pub mod kustomize;
     pub mod operator;
 }
 use support::cluster::{Cluster, TestNamespace, clean_up, cluster, install_crd, wait_for};
+use support::hold::apply_hold_file;
 use support::kustomize::{deploy_dir, documents};
 use support::operator::{init_names, start_cluster_wide};
 
@@ -370,29 +370,7 @@ async fn a_namespace_editor_may_write_sidecar_policies_there_and_no_cluster_poli
 /// Installs both admission policies of the hold and their bindings, as shipped.
 async fn install_hold(client: &Client) {
     for file in ["admission-policy.yaml", "cluster-admission-policy.yaml"] {
-        let path = deploy_dir().join("components/admission-hold").join(file);
-        for object in documents(&std::fs::read_to_string(path).unwrap()) {
-            let kind = object["kind"].as_str().unwrap().to_owned();
-            let resource = ApiResource {
-                group: "admissionregistration.k8s.io".into(),
-                version: "v1".into(),
-                api_version: "admissionregistration.k8s.io/v1".into(),
-                plural: match kind.as_str() {
-                    "MutatingAdmissionPolicy" => "mutatingadmissionpolicies".into(),
-                    _ => format!("{}s", kind.to_lowercase()),
-                },
-                kind,
-            };
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-            api.patch(
-                &name,
-                &PatchParams::apply("sidecar-e2e").force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .unwrap();
-        }
+        apply_hold_file(client, file).await;
     }
 }
 

@@ -12,8 +12,6 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::DynamicObject;
-use kube::discovery::ApiResource;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sidecar_api::{HELD_FOR_ANNOTATION, SidecarPolicy};
@@ -23,11 +21,12 @@ use sidecar_operator::controller::FIELD_MANAGER;
 mod support {
     pub mod cluster;
     pub mod control_plane;
+    pub mod hold;
     pub mod kustomize;
     pub mod operator;
 }
 use support::cluster::{Cluster, TestNamespace, cluster, dump, install_crd, wait_for};
-use support::kustomize::{deploy_dir, documents};
+use support::hold::apply_hold_file;
 use support::operator::{init_names, operator_events, start_operator};
 
 /// The policy every test uses: `mesh` adds sidecar `proxy` to Deployments labelled app=web.
@@ -67,29 +66,7 @@ fn deployment(namespace: &str, name: &str, app: &str, container: &str) -> Value 
 /// Installs the admission policy and its binding as shipped, the CRD first (the policy's params).
 async fn install_hold(client: &Client) {
     install_crd(client).await;
-    let path = deploy_dir().join("components/admission-hold/admission-policy.yaml");
-    for object in documents(&std::fs::read_to_string(path).unwrap()) {
-        let kind = object["kind"].as_str().unwrap().to_owned();
-        let resource = ApiResource {
-            group: "admissionregistration.k8s.io".into(),
-            version: "v1".into(),
-            api_version: "admissionregistration.k8s.io/v1".into(),
-            plural: match kind.as_str() {
-                "MutatingAdmissionPolicy" => "mutatingadmissionpolicies".into(),
-                _ => format!("{}s", kind.to_lowercase()),
-            },
-            kind,
-        };
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        api.patch(
-            &name,
-            &PatchParams::apply("sidecar-e2e").force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap();
-    }
+    apply_hold_file(client, "admission-policy.yaml").await;
 }
 
 fn is_held(d: &Deployment) -> bool {

@@ -132,13 +132,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub diff: bool,
 
-    /// A namespace where no ClusterSidecarPolicy injects, as the operator's flag of the same name.
-    #[arg(
-        long = "exclude-namespace",
-        value_name = "NAMESPACE",
-        default_value = "kube-system"
-    )]
-    pub exclude_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub exclusions: ExclusionArgs,
 
     #[command(flatten)]
     pub guardrails: GuardrailArgs,
@@ -157,13 +152,8 @@ pub struct ExplainArgs {
     #[arg(long, short = 'n', value_name = "NAMESPACE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub namespace: Option<String>,
 
-    /// A namespace where no ClusterSidecarPolicy injects, as the operator's flag of the same name.
-    #[arg(
-        long = "exclude-namespace",
-        value_name = "NAMESPACE",
-        default_value = "kube-system"
-    )]
-    pub exclude_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub exclusions: ExclusionArgs,
 
     #[command(flatten)]
     pub guardrails: GuardrailArgs,
@@ -199,14 +189,8 @@ pub struct RunArgs {
     #[arg(long = "namespace", short = 'n', value_name = "NAMESPACE")]
     pub namespaces: Vec<String>,
 
-    /// A namespace where no ClusterSidecarPolicy ever injects, whatever its namespaceSelector;
-    /// repeat for several. The operator's own namespace (`POD_NAMESPACE`) is always added.
-    #[arg(
-        long = "exclude-namespace",
-        value_name = "NAMESPACE",
-        default_value = "kube-system"
-    )]
-    pub exclude_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub exclusions: ExclusionArgs,
 
     /// Where ClusterSidecarPolicies' revisions (ControllerRevisions) are stored: the operator's
     /// own namespace.
@@ -284,16 +268,32 @@ pub struct RenderArgs {
     #[arg(long)]
     pub diff: bool,
 
-    /// A namespace where no ClusterSidecarPolicy injects, as the operator's flag of the same name.
+    #[command(flatten)]
+    pub exclusions: ExclusionArgs,
+
+    #[command(flatten)]
+    pub guardrails: GuardrailArgs,
+}
+
+/// Where no ClusterSidecarPolicy injects: the operator's flag, and the same for the commands that
+/// predict what it does.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ExclusionArgs {
+    /// A namespace where no ClusterSidecarPolicy injects, whatever its namespaceSelector; repeat
+    /// for several (replaces the default). `run` also excludes its own namespace
+    /// (`POD_NAMESPACE`).
     #[arg(
         long = "exclude-namespace",
         value_name = "NAMESPACE",
         default_value = "kube-system"
     )]
     pub exclude_namespaces: Vec<String>,
+}
 
-    #[command(flatten)]
-    pub guardrails: GuardrailArgs,
+impl ExclusionArgs {
+    pub fn to_exclusions(&self) -> sidecar_core::cluster::Exclusions {
+        sidecar_core::cluster::Exclusions::new(self.exclude_namespaces.iter().cloned())
+    }
 }
 
 /// Which privileged asks a SidecarPolicy may make. Everything is refused unless allowed here.

@@ -132,7 +132,7 @@ fn plan(args: &PlanArgs) -> ExitCode {
         let state = cluster_state::fetch(&client, args.namespace.as_deref()).await?;
         let options = plan_cmd::Options {
             guardrails: args.guardrails.to_guardrails(),
-            exclusions: Exclusions::new(args.exclude_namespaces.iter().cloned()),
+            exclusions: args.exclusions.to_exclusions(),
             namespace: args.namespace.clone(),
         };
         let report = plan_cmd::plan(&state, &changes, &options);
@@ -175,7 +175,7 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         let state = cluster_state::fetch_deployment(&client, &namespace, &args.name).await?;
         let options = plan_cmd::Options {
             guardrails: args.guardrails.to_guardrails(),
-            exclusions: Exclusions::new(args.exclude_namespaces.iter().cloned()),
+            exclusions: args.exclusions.to_exclusions(),
             namespace: None,
         };
         let text = explain_cmd::explain(&state, &namespace, &args.name, &options)?;
@@ -239,7 +239,7 @@ fn run(args: &RunArgs) -> ExitCode {
         } else {
             args.namespaces.iter().map(|ns| Some(ns.as_str())).collect()
         };
-        let mut excluded = args.exclude_namespaces.clone();
+        let mut excluded = args.exclusions.exclude_namespaces.clone();
         excluded.extend(std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()));
         let cluster = controller::ClusterOptions {
             exclusions: Exclusions::new(excluded),

@@ -6,7 +6,7 @@ use std::io::Read;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
-use sidecar_core::cluster::{Exclusions, NamespaceLabels};
+use sidecar_core::cluster::NamespaceLabels;
 use sidecar_core::{PolicySet, Refusal};
 use similar::TextDiff;
 
@@ -230,7 +230,7 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
             }
         }
     }
-    let exclusions = Exclusions::new(args.exclude_namespaces.iter().cloned());
+    let exclusions = args.exclusions.to_exclusions();
     let sets: BTreeMap<&str, PolicySet> = rendered_namespaces
         .iter()
         .map(|&ns| {

@@ -32,21 +32,7 @@ pub async fn reconcile_status(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) ->
     let policy = match &guarded.0 {
         Ok(policy) => policy,
         Err(invalid) => {
-            // Its status cannot be compared without decoding it; an Event says what is wrong.
-            // This runs when the policy changes, not on every event, so the Event is sent once.
-            let note = format!(
-                "cannot be decoded, so no Deployment in this namespace is changed: {}",
-                invalid.error
-            );
-            // After a restart, an earlier process may have said so already.
-            let report = Report::new(
-                guarded.object_ref(&()),
-                EventType::Warning,
-                "UnreadablePolicy",
-                "Decode",
-                note,
-            );
-            ctx.events.publish(report.once(true)).await;
+            report_unreadable(&ctx, guarded.object_ref(&()), "in this namespace", &invalid.error).await;
             return Ok(Action::await_change());
         }
     };
@@ -110,18 +96,7 @@ pub async fn reconcile_cluster_status(
     let cluster_policy = match &guarded.0 {
         Ok(policy) => policy,
         Err(invalid) => {
-            let note = format!(
-                "cannot be decoded, so no Deployment in any namespace is changed: {}",
-                invalid.error
-            );
-            let report = Report::new(
-                guarded.object_ref(&()),
-                EventType::Warning,
-                "UnreadablePolicy",
-                "Decode",
-                note,
-            );
-            ctx.events.publish(report.once(true)).await;
+            report_unreadable(&ctx, guarded.object_ref(&()), "in any namespace", &invalid.error).await;
             return Ok(Action::await_change());
         }
     };
@@ -165,6 +140,15 @@ pub async fn reconcile_cluster_status(
         matched_namespaces: Some(matched_namespaces(&ctx, cluster_policy)),
     };
     settle(&ctx, &subject, &set, &summary, next).await
+}
+
+/// A Warning Event on a policy that does not decode: its status cannot be compared without
+/// decoding it, so the Event says what is wrong. It is sent when the policy changes, not on every
+/// event; after a restart, an earlier process may have said so already (`once`).
+async fn report_unreadable(ctx: &Context, policy: ObjectReference, where_: &str, error: &str) {
+    let note = format!("cannot be decoded, so no Deployment {where_} is changed: {error}");
+    let report = Report::new(policy, EventType::Warning, "UnreadablePolicy", "Decode", note);
+    ctx.events.publish(report.once(true)).await;
 }
 
 /// How many namespaces `policy`'s namespaceSelector selects.
