@@ -15,7 +15,6 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet};
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
@@ -31,35 +30,10 @@ mod support {
     pub mod kustomize;
     pub mod operator;
 }
-use support::cluster::{Cluster, TestNamespace, clean_up, cluster, install_crd, wait_for};
-use support::hold::apply_hold_file;
+use support::cluster::{Cluster, TestNamespace, clean_up, cluster, install_crds, wait_for};
+use support::hold::{apply_hold_file, template_inits};
 use support::kustomize::{deploy_dir, documents};
 use support::operator::{init_names, start_cluster_wide};
-
-/// Installs (or updates) the ClusterSidecarPolicy CRD, and the SidecarPolicy one.
-async fn install_crds(client: &Client) {
-    install_crd(client).await;
-    let crd: CustomResourceDefinition =
-        serde_norway::from_str(&sidecar_operator::crd::cluster_crd_yaml().unwrap()).unwrap();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = "clustersidecarpolicies.sidecar.dev";
-    api.patch(
-        name,
-        &PatchParams::apply("sidecar-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    wait_for("the ClusterSidecarPolicy CRD to be established", || async {
-        let crd = api.get(name).await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-}
 
 /// A name unique to this test run, for cluster-scoped objects and label keys.
 fn unique(test: &str) -> String {
@@ -441,15 +415,9 @@ async fn a_new_deployment_in_a_selected_namespace_is_held_for_the_cluster_policy
         .unwrap()
         .items;
     assert_eq!(replica_sets.len(), 1, "one rollout, not two");
-    let inits: Vec<String> = replica_sets[0]
-        .spec
-        .template
-        .as_ref()
-        .and_then(|t| t.spec.as_ref())
-        .and_then(|p| p.init_containers.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|c| c.name.clone())
-        .collect();
-    assert_eq!(inits, ["proxy"], "no pod ever without the sidecar");
+    assert_eq!(
+        template_inits(&replica_sets[0]),
+        ["proxy"],
+        "no pod ever without the sidecar"
+    );
 }

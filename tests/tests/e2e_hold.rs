@@ -26,7 +26,7 @@ mod support {
     pub mod operator;
 }
 use support::cluster::{Cluster, TestNamespace, cluster, dump, install_crd, wait_for};
-use support::hold::apply_hold_file;
+use support::hold::{apply_hold_file, template_inits};
 use support::operator::{init_names, operator_events, start_operator};
 
 /// The policy every test uses: `mesh` adds sidecar `proxy` to Deployments labelled app=web.
@@ -171,18 +171,6 @@ impl Held {
             .filter_map(|e| e.reason)
             .collect()
     }
-}
-
-fn template_inits(rs: &ReplicaSet) -> Vec<String> {
-    rs.spec
-        .template
-        .as_ref()
-        .and_then(|t| t.spec.as_ref())
-        .and_then(|p| p.init_containers.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|c| c.name.clone())
-        .collect()
 }
 
 #[tokio::test]

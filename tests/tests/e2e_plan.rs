@@ -9,8 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
@@ -25,33 +23,8 @@ mod support {
     pub mod control_plane;
     pub mod operator;
 }
-use support::cluster::{TestNamespace, cluster, dump, install_crd, wait_for};
+use support::cluster::{TestNamespace, cluster, dump, install_crds, wait_for};
 use support::operator::{init_names, start_cluster_wide};
-
-/// Installs (or updates) both CRDs: plan lists ClusterSidecarPolicies too.
-async fn install_crds(client: &Client) {
-    install_crd(client).await;
-    let crd: CustomResourceDefinition =
-        serde_norway::from_str(&sidecar_operator::crd::cluster_crd_yaml().unwrap()).unwrap();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = "clustersidecarpolicies.sidecar.dev";
-    api.patch(
-        name,
-        &PatchParams::apply("sidecar-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    wait_for("the ClusterSidecarPolicy CRD to be established", || async {
-        let crd = api.get(name).await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-}
 
 /// SidecarPolicy `shipper`: sidecar `shipper` (`image`) for the Deployments labelled app in `apps`.
 fn shipper(namespace: &str, image: &str, apps: &[&str]) -> SidecarPolicy {

@@ -1065,3 +1065,15 @@ fn as_a_kubectl_plugin_the_help_names_kubectl_sidecar() {
         stdout(&out)
     );
 }
+
+#[test]
+fn a_bad_flag_is_bad_input_not_a_refusal() {
+    let f = Fixture::new();
+    let out = render(
+        &f.file("p.yaml", POLICY),
+        &f.file("d.yaml", DEPLOYMENT),
+        &["--no-such-flag"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
+}

@@ -229,24 +229,40 @@ where
 }
 
 pub async fn install_crd(client: &Client) {
-    let crd: CustomResourceDefinition =
-        serde_norway::from_str(&sidecar_operator::crd::crd_yaml().unwrap()).unwrap();
+    apply_crd(client, &sidecar_operator::crd::crd_yaml().unwrap()).await;
+}
+
+/// Installs (or updates) both CRDs, as the install does: the SidecarPolicy one and the
+/// ClusterSidecarPolicy one.
+pub async fn install_crds(client: &Client) {
+    install_crd(client).await;
+    apply_crd(client, &sidecar_operator::crd::cluster_crd_yaml().unwrap()).await;
+}
+
+/// Applies the CRD in `yaml` and waits until it is established.
+async fn apply_crd(client: &Client, yaml: &str) {
+    let crd: CustomResourceDefinition = serde_norway::from_str(yaml).unwrap();
+    let name = crd.metadata.name.clone().unwrap();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(
-        "sidecarpolicies.sidecar.dev",
+        &name,
         &PatchParams::apply("sidecar-e2e").force(),
         &Patch::Apply(&crd),
     )
     .await
     .unwrap();
-    wait_for_crd(client).await;
+    wait_for_established(client, &name).await;
 }
 
 /// Waits until the SidecarPolicy CRD is established (its API is served).
 pub async fn wait_for_crd(client: &Client) {
+    wait_for_established(client, "sidecarpolicies.sidecar.dev").await;
+}
+
+async fn wait_for_established(client: &Client, name: &str) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    wait_for("the CRD to be established", || async {
-        let crd = api.get("sidecarpolicies.sidecar.dev").await.ok()?;
+    wait_for(&format!("the CRD {name} to be established"), || async {
+        let crd = api.get(name).await.ok()?;
         let established = crd
             .status?
             .conditions?

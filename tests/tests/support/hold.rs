@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DynamicObject;
@@ -35,4 +36,17 @@ pub async fn apply_hold_file(client: &Client, file: &str) {
         .await
         .unwrap();
     }
+}
+
+/// The init container names of a ReplicaSet's pod template.
+pub fn template_inits(rs: &ReplicaSet) -> Vec<String> {
+    rs.spec
+        .template
+        .as_ref()
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|p| p.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect()
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -343,6 +343,15 @@ async fn write_cluster_status(ctx: &Context, name: &str, status: &SidecarPolicyS
     Ok(())
 }
 
+/// The condition of type `type_` in `status`, if it is `True` (an abnormal-true condition that
+/// holds).
+fn holding<'s>(status: Option<&'s SidecarPolicyStatus>, type_: &str) -> Option<&'s Condition> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
 /// A Warning Event on the policy when it turns invalid (or refused by the guardrails), once: the
 /// Deployments it selects each get their own Event when they are refused.
 async fn report_invalid(
@@ -352,9 +361,7 @@ async fn report_invalid(
     status: &SidecarPolicyStatus,
 ) {
     let invalid = |s: Option<&SidecarPolicyStatus>| {
-        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::INVALID))
-            .filter(|c| c.status == "True")
-            .map(|c| (c.reason.clone(), c.message.clone()))
+        holding(s, conditions::INVALID).map(|c| (c.reason.clone(), c.message.clone()))
     };
     if let Some((reason, message)) = invalid(Some(status))
         && invalid(previous) != Some((reason.clone(), message.clone()))
@@ -373,11 +380,8 @@ async fn report_warnings(
     previous: Option<&SidecarPolicyStatus>,
     status: &SidecarPolicyStatus,
 ) {
-    let warnings = |s: Option<&SidecarPolicyStatus>| {
-        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::WARNINGS))
-            .filter(|c| c.status == "True")
-            .map(|c| c.message.clone())
-    };
+    let warnings =
+        |s: Option<&SidecarPolicyStatus>| holding(s, conditions::WARNINGS).map(|c| c.message.clone());
     if let Some(message) = warnings(Some(status))
         && warnings(previous).as_ref() != Some(&message)
     {
@@ -401,8 +405,8 @@ async fn report_stopped(
     status: &SidecarPolicyStatus,
 ) {
     let stopped = |s: Option<&SidecarPolicyStatus>| {
-        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::STALLED))
-            .filter(|c| c.status == "True" && c.reason == reasons::ROLLOUT_STOPPED)
+        holding(s, conditions::STALLED)
+            .filter(|c| c.reason == reasons::ROLLOUT_STOPPED)
             .map(|c| (c.message.clone(), s.and_then(|s| s.current_revision.clone())))
     };
     let Some((message, revision)) = stopped(Some(status)) else {
