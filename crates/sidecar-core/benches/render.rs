@@ -203,6 +203,7 @@ fn batch(c: &mut Criterion) {
             state: State::Applied,
             held: false,
             progress: Progress::Complete,
+            warnings: Vec::new(),
         };
         index.record("bench", d.metadata.name.as_deref().unwrap(), outcome);
     }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, ContainerPort, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -90,6 +91,59 @@ pub struct PodFacts {
     pub annotations: BTreeMap<String, String>,
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub share_process_namespace: Option<bool>,
+    /// The owner's CPU and memory requests, by resource name, for the autoscaler warnings (see
+    /// `crate::autoscaling`).
+    #[serde(rename = "r", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Requested>,
+}
+
+/// The resources a HorizontalPodAutoscaler's `Resource` metrics measure in practice.
+pub const AUTOSCALED_RESOURCES: [&str; 2] = ["cpu", "memory"];
+
+/// What the owner's containers request of one resource, as a HorizontalPodAutoscaler counts it:
+/// app containers and native sidecars (plain init containers do not run beside them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Requested {
+    /// The sum, in thousandths of the unit (millicores; thousandths of a byte).
+    #[serde(rename = "t", default)]
+    pub total: u64,
+    /// The first counted container that requests none: an HPA cannot compute a utilization.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub without: Option<String>,
+    /// The pod-level request (`spec.resources.requests`): an HPA measures against it instead.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub pod_level: Option<u64>,
+}
+
+impl Requested {
+    /// What `containers` request of `resource`, with `pod_level` requests if the pod sets them.
+    fn of<'c>(
+        resource: &str,
+        containers: impl Iterator<Item = &'c Container>,
+        pod_level: Option<&BTreeMap<String, Quantity>>,
+    ) -> Self {
+        let mut requested = Requested {
+            pod_level: pod_level
+                .and_then(|r| r.get(resource))
+                .and_then(|q| crate::quantity::milli(&q.0)),
+            ..Requested::default()
+        };
+        for container in containers {
+            let request = container
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get(resource))
+                .and_then(|q| crate::quantity::milli(&q.0));
+            match request {
+                Some(amount) => requested.total = requested.total.saturating_add(amount),
+                None => {
+                    requested.without.get_or_insert_with(|| container.name.clone());
+                }
+            }
+        }
+        requested
+    }
 }
 
 impl PodFacts {
@@ -173,6 +227,19 @@ impl PodFacts {
         facts.share_process_namespace = pod
             .share_process_namespace
             .filter(|_| !injected.share_process_namespace);
+        let native_sidecars = pod.init_containers.iter().flatten().filter(|c| {
+            c.restart_policy.as_deref() == Some(SIDECAR_RESTART_POLICY)
+                && !injected.init_containers.contains(&c.name)
+        });
+        let pod_level = pod.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let counted: Vec<&Container> = pod.containers.iter().chain(native_sidecars).collect();
+        facts.requests = AUTOSCALED_RESOURCES
+            .iter()
+            .map(|&resource| {
+                let requested = Requested::of(resource, counted.iter().copied(), pod_level);
+                (resource.to_owned(), requested)
+            })
+            .collect();
         facts
     }
 }

@@ -582,10 +582,7 @@ impl<'a, 'p: 'a> Planner<'a, 'p> {
                 None => self.warnings.push(Warning {
                     policy: policy.to_owned(),
                     field: site.nested(".containerNames", j).to_string(),
-                    message: format!(
-                        "Deployment {:?} has no container {name:?}; this entry skips it",
-                        self.deployment
-                    ),
+                    message: format!("the Deployment has no container {name:?}; this entry skips it"),
                 }),
             }
         }

@@ -9,6 +9,7 @@
 //! then injects what the matching policies ask for, or refuses with every problem it found.
 
 mod apply;
+pub mod autoscaling;
 pub mod cluster;
 mod facts;
 mod guardrails;

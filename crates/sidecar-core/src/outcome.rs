@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::problem::{Problem, ProblemKind};
+use crate::problem::{Problem, ProblemKind, Warning};
 use crate::rollout::{Counts, Phase, Progress};
 
 /// How the last reconcile of a Deployment ended.
@@ -40,6 +40,10 @@ pub struct Outcome {
     pub held: bool,
     /// Where its own rollout stands (a staged policy rollout waits for it).
     pub progress: Progress,
+    /// What the render warns of this Deployment (not the policies' own warnings): an
+    /// `appContainers` name it lacks, an opt-out value that means nothing, autoscalers the
+    /// sidecars skew. Sorted.
+    pub warnings: Vec<Warning>,
 }
 
 impl Outcome {
@@ -125,6 +129,9 @@ pub struct Summary {
     pub held: i32,
     /// Where the policy's staged rollout stands, when the caller planned it.
     pub rollout: Option<(Counts, Phase)>,
+    /// What renders warn of the Deployments it selects, one line per warning:
+    /// `Deployment "x": field: message`.
+    pub warnings: Named,
 }
 
 impl Summary {
@@ -141,6 +148,19 @@ impl Summary {
             self.up_to_date += 1;
         }
         self.add_problems(policy, deployment, outcome);
+        self.add_warnings(policy, deployment, outcome);
+    }
+
+    /// Adds the lines about the warnings of a Deployment the policy selects that concern it.
+    fn add_warnings(&mut self, policy: &str, deployment: &str, outcome: &Outcome) {
+        for warning in outcome.warnings.iter().filter(|w| concerns(w, policy)) {
+            self.warnings.push(|| {
+                format!(
+                    "Deployment {deployment:?}: {}: {}",
+                    warning.field, warning.message
+                )
+            });
+        }
     }
 
     /// Adds the lines about a Deployment the policy selects that is not simply applied or
@@ -185,13 +205,25 @@ fn carries(outcome: &Outcome, policy: &str, revision: &str) -> bool {
     outcome.carried.iter().any(|(p, r)| p == policy && r == revision)
 }
 
+/// Whether `warning` (of a Deployment's render) concerns `policy`: it names it, or it is about
+/// the Deployment alone (such as its opt-out annotation) and so concerns every selecting policy.
+fn concerns(warning: &Warning, policy: &str) -> bool {
+    warning.policy.is_empty() || warning.policy == policy
+}
+
+/// Whether an outcome warns of something that concerns `policy`.
+fn warns(outcome: &Outcome, policy: &str) -> bool {
+    outcome.warnings.iter().any(|w| concerns(w, policy))
+}
+
 /// Whether an outcome puts lines in its policies' status (refused, failed, blocked).
 fn is_troubled(outcome: &Outcome) -> bool {
     !matches!(outcome.state, State::Applied | State::Pending)
 }
 
 /// What the outcomes of a namespace's Deployments add up to for one policy, kept as outcomes are
-/// recorded, so that a status costs the number of troubled Deployments, not of matched ones.
+/// recorded, so that a status costs the number of troubled or warned Deployments, not of matched
+/// ones.
 #[derive(Debug, Default)]
 struct Tally {
     /// Every Deployment whose outcome involves the policy.
@@ -206,6 +238,8 @@ struct Tally {
     carried: BTreeMap<String, usize>,
     /// Selected Deployments that are refused, failed or blocked.
     troubled: BTreeSet<String>,
+    /// Selected Deployments whose render warns of something that concerns the policy.
+    warned: BTreeSet<String>,
 }
 
 impl Tally {
@@ -222,11 +256,17 @@ impl Tally {
                     *self.applied.entry(revision.clone()).or_insert(0) += sign;
                 }
             }
-            if is_troubled(outcome) {
+            for (set, holds) in [
+                (&mut self.troubled, is_troubled(outcome)),
+                (&mut self.warned, warns(outcome, policy)),
+            ] {
+                if !holds {
+                    continue;
+                }
                 if sign > 0 {
-                    self.troubled.insert(deployment.to_owned());
+                    set.insert(deployment.to_owned());
                 } else {
-                    self.troubled.remove(deployment);
+                    set.remove(deployment);
                 }
             }
         }
@@ -374,6 +414,11 @@ impl OutcomeIndex {
                     summary.add_problems(policy, &format!("{namespace}/{name}"), outcome);
                 }
             }
+            for name in &tally.warned {
+                if let Some(outcome) = self.get(namespace, name) {
+                    summary.add_warnings(policy, &format!("{namespace}/{name}"), outcome);
+                }
+            }
         }
         summary
     }
@@ -386,7 +431,7 @@ impl OutcomeIndex {
     }
 
     /// What the outcomes say about `policy` of `namespace`, whose current revision is `revision`.
-    /// It costs the number of Deployments in trouble, not of those matched.
+    /// It costs the number of Deployments in trouble or warned of, not of those matched.
     pub fn summary(&self, namespace: &str, policy: &str, revision: &str) -> Summary {
         let Some(tally) = self.tallies.get(&(namespace.to_owned(), policy.to_owned())) else {
             return Summary::default();
@@ -400,6 +445,11 @@ impl OutcomeIndex {
         for name in &tally.troubled {
             if let Some(outcome) = self.get(namespace, name) {
                 summary.add_problems(policy, name, outcome);
+            }
+        }
+        for name in &tally.warned {
+            if let Some(outcome) = self.get(namespace, name) {
+                summary.add_warnings(policy, name, outcome);
             }
         }
         summary
@@ -482,6 +532,7 @@ mod tests {
             state: State::Applied,
             held: false,
             progress: Progress::Complete,
+            warnings: Vec::new(),
         }
     }
 
@@ -560,6 +611,7 @@ mod tests {
             state: State::Refused(vec![conflict("p2")]),
             held: false,
             progress: Progress::Complete,
+            warnings: Vec::new(),
         };
         let touched = index.record("ns", "web", refused);
         assert_eq!(touched, BTreeSet::from(["p1".to_owned(), "p2".to_owned()]));
@@ -607,6 +659,7 @@ mod tests {
                 state: State::Refused(vec![conflict("p")]),
                 held: false,
                 progress: Progress::Complete,
+                warnings: Vec::new(),
             };
             index.record("ns", &format!("d{i}"), refused);
         }

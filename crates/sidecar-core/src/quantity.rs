@@ -10,6 +10,29 @@ pub fn same_amount(a: &str, b: &str) -> bool {
     a == b || matches!((amount(a), amount(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// `text` in thousandths of its unit (millicores for CPU, thousandths of a byte for memory),
+/// rounded up as the API server's `MilliValue` does; `None` for text that is not a quantity or a
+/// negative one. Amounts too large for a `u64` saturate.
+pub fn milli(text: &str) -> Option<u64> {
+    let (negative, mantissa, exponent) = amount(text)?;
+    if negative && mantissa != 0 {
+        return None;
+    }
+    let exponent = exponent.checked_add(3)?;
+    let value = if exponent >= 0 {
+        10u128
+            .checked_pow(exponent.unsigned_abs())
+            .and_then(|scale| mantissa.checked_mul(scale))
+            .unwrap_or(u128::MAX)
+    } else {
+        match 10u128.checked_pow(exponent.unsigned_abs()) {
+            Some(scale) => mantissa.div_ceil(scale),
+            None => 1, // a positive amount far below one thousandth
+        }
+    };
+    Some(u64::try_from(value).unwrap_or(u64::MAX))
+}
+
 /// An exact amount: `(negative, mantissa, exponent)` meaning ±mantissa × 10^exponent, with no
 /// trailing zeros in the mantissa (so equal amounts have equal triples).
 type Amount = (bool, u128, i32);
@@ -77,7 +100,28 @@ fn suffix_exponents(suffix: &str) -> Option<(i32, u32)> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_amount;
+    use super::{milli, same_amount};
+
+    #[test]
+    fn milli_values_round_up() {
+        for (text, expected) in [
+            ("100m", Some(100)),
+            ("0.1", Some(100)),
+            ("1", Some(1000)),
+            ("1.5", Some(1500)),
+            ("1Mi", Some(1_048_576_000)),
+            ("1n", Some(1)),
+            ("0", Some(0)),
+            ("-0", Some(0)),
+            ("-1", None),
+            ("abc", None),
+            ("99999999999999999999999999999999999999999Ei", None),
+            ("9P", Some(9_000_000_000_000_000_000)),
+            ("20E", Some(u64::MAX)),
+        ] {
+            assert_eq!(milli(text), expected, "{text}");
+        }
+    }
 
     #[test]
     fn equal_amounts_in_any_form() {

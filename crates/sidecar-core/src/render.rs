@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sidecar_api::{ClusterSidecarPolicy, INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
 
+use crate::autoscaling::InjectedSidecar;
 use crate::cluster::{self, Exclusions, NamespaceLabels};
 use crate::facts::{DeploymentFacts, PodFacts};
 use crate::revision;
@@ -215,6 +216,38 @@ impl PolicySet {
     /// every Deployment it selects.
     pub fn problems(&self, policy: &str) -> &[Problem] {
         self.find(policy).map(|p| &p.problems[..]).unwrap_or_default()
+    }
+
+    /// The sidecars `record` says were injected, with the policy (of this set) that asks for
+    /// each, in injection order: what the autoscaler warnings look at.
+    pub fn injected_sidecars(&self, record: &InjectionRecord) -> Vec<InjectedSidecar<'_>> {
+        let mut sidecars = Vec::new();
+        for entry in &record.policies {
+            let Some(prepared) = self.find(&entry.name) else {
+                continue;
+            };
+            let policy = prepared.policy.metadata.name.as_deref().unwrap_or_default();
+            for (index, container) in prepared.policy.spec.sidecars.iter().enumerate() {
+                if entry.injected.init_containers.contains(&container.name) {
+                    sidecars.push(InjectedSidecar {
+                        policy,
+                        index,
+                        container,
+                    });
+                }
+            }
+        }
+        sidecars
+    }
+
+    /// The warnings of a render that are about the Deployment (those that are not a policy's
+    /// own, which its status says anyway): what a Deployment's outcome keeps.
+    pub fn deployment_warnings(&self, warnings: &[Warning]) -> Vec<Warning> {
+        warnings
+            .iter()
+            .filter(|w| !self.warnings(&w.policy).contains(w))
+            .cloned()
+            .collect()
     }
 
     /// The warnings of a policy on its own.

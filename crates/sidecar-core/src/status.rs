@@ -32,6 +32,11 @@ pub mod reasons {
     pub const ROLLOUT_STOPPED: &str = "RolloutStopped";
     /// The `Warnings` condition's reason: the policy's spec has warnings (see `validate`).
     pub const POLICY_WARNINGS: &str = "PolicyWarnings";
+    /// The `Warnings` condition's reason when only renders of Deployments it selects warn (an
+    /// autoscaler its sidecars skew, an `appContainers` name a Deployment lacks).
+    pub const DEPLOYMENT_WARNINGS: &str = "DeploymentWarnings";
+    /// The Warning Event on a Deployment whose render's warnings appear or change.
+    pub const SIDECAR_WARNINGS: &str = "SidecarWarnings";
 }
 
 /// The first Kubernetes minor version with native sidecar containers (beta, on by default).
@@ -123,10 +128,10 @@ pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deploym
             .flatten()
             .map(|record| record.carried())
             .unwrap_or_default();
-        let state = match set.render(deployment) {
-            Ok(rendered) if is_up_to_date(deployment, &rendered) => State::Applied,
-            Ok(_) => State::Pending,
-            Err(refusal) => State::Refused(refusal.problems),
+        let (state, warnings) = match set.render(deployment) {
+            Ok(rendered) if is_up_to_date(deployment, &rendered) => (State::Applied, rendered.warnings),
+            Ok(rendered) => (State::Pending, rendered.warnings),
+            Err(refusal) => (State::Refused(refusal.problems), refusal.warnings),
         };
         let outcome = Outcome {
             selected,
@@ -134,6 +139,7 @@ pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deploym
             state,
             held: crate::hold::held_for(&deployment.metadata).is_some(),
             progress: Progress::Complete,
+            warnings: set.deployment_warnings(&warnings),
         };
         let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
         summary.add(name, revision, deployment_name, &outcome);
@@ -245,15 +251,18 @@ pub fn from_summary(
         (false, _) => (None, Some((ready_reason, ready_message.clone()))),
     };
     // What the policy's own spec leaves to chance (no startupProbe, no requests, an unpinned
-    // image): said in the status, never held against Ready.
-    let own_warnings = set.warnings(name);
-    let warnings = (!own_warnings.is_empty()).then(|| {
-        let mut named = Named::default();
-        for warning in own_warnings {
-            named.push_line(format!("{}: {}", warning.field, warning.message));
-        }
-        (reasons::POLICY_WARNINGS, named.text())
-    });
+    // image), then what it leaves to chance in the Deployments it selects (autoscalers its
+    // sidecars skew): said in the status, never held against Ready.
+    let own = own_warnings(set, name);
+    let warnings = match (own, summary.warnings.is_empty()) {
+        (None, true) => None,
+        (Some(own), true) => Some((reasons::POLICY_WARNINGS, own)),
+        (None, false) => Some((reasons::DEPLOYMENT_WARNINGS, summary.warnings.text())),
+        (Some(own), false) => Some((
+            reasons::POLICY_WARNINGS,
+            format!("{own}; {}", summary.warnings.text()),
+        )),
+    };
     let paused = policy.spec.rollout.as_ref().filter(|r| r.paused).map(|_| {
         (
             reasons::ROLLOUT_PAUSED,
@@ -296,6 +305,19 @@ pub fn from_summary(
         failed_deployments: saturating_i32(counts.failed),
         conditions: list,
     }
+}
+
+/// The policy's own warnings as the `Warnings` condition's message starts: `field: message`
+/// lines, the first few named. `None` when it has none.
+pub fn own_warnings(set: &PolicySet, name: &str) -> Option<String> {
+    let own = set.warnings(name);
+    (!own.is_empty()).then(|| {
+        let mut named = Named::default();
+        for warning in own {
+            named.push_line(format!("{}: {}", warning.field, warning.message));
+        }
+        named.text()
+    })
 }
 
 fn saturating_i32(n: usize) -> i32 {

@@ -29,10 +29,10 @@ fn observed(set: &PolicySet, d: &Deployment) -> Outcome {
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     let carried = facts.carried();
-    let state = match set.plan(&d.metadata, &facts) {
-        Ok(plan) if plan.is_applied(&facts) => State::Applied,
-        Ok(_) => State::Pending,
-        Err(refusal) => State::Refused(refusal.problems),
+    let (state, warnings) = match set.plan(&d.metadata, &facts) {
+        Ok(plan) if plan.is_applied(&facts) => (State::Applied, plan.warnings),
+        Ok(plan) => (State::Pending, plan.warnings),
+        Err(refusal) => (State::Refused(refusal.problems), refusal.warnings),
     };
     Outcome {
         selected,
@@ -40,6 +40,7 @@ fn observed(set: &PolicySet, d: &Deployment) -> Outcome {
         state,
         held: false,
         progress: Progress::Complete,
+        warnings: set.deployment_warnings(&warnings),
     }
 }
 

@@ -39,30 +39,6 @@ async fn synced(
     h
 }
 
-async fn expect_status(
-    handle: &mut ApiHandle,
-) -> (
-    Value,
-    http::Request<()>,
-    tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
-) {
-    let (request, body, send) = next(handle).await;
-    assert_eq!(request.method(), Method::PATCH);
-    assert_eq!(request.uri().path(), POLICY_STATUS_PATH);
-    assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
-    assert!(
-        query(&request).contains("fieldManager=sidecar-operator"),
-        "{}",
-        query(&request)
-    );
-    // A merge patch's nulls remove fields (a count back to 0): what the server then stores.
-    let mut status = body["status"].clone();
-    if let Some(fields) = status.as_object_mut() {
-        fields.retain(|_, value| !value.is_null());
-    }
-    (status, request, send)
-}
-
 #[tokio::test]
 async fn the_first_revision_is_stored_then_the_status_written_and_nothing_more() {
     let policies = vec![policy("shipper")];
@@ -352,6 +328,7 @@ async fn progress_is_written_at_most_once_a_second_but_a_new_condition_at_once()
         state,
         held: false,
         progress: sidecar_core::rollout::Progress::Complete,
+        warnings: Vec::new(),
     };
     h.ctx.record_outcome("demo", "a", outcome(State::Applied));
     h.ctx.record_outcome("demo", "b", outcome(State::Pending));

@@ -14,6 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use sidecar_api::SidecarPolicyStatus;
 use sidecar_core::Guardrails;
+use sidecar_core::autoscaling::{AutoscalerIndex, Autoscalers};
 use sidecar_core::cluster::{self, Exclusions, NamespaceLabels};
 use sidecar_core::outcome::{Outcome, OutcomeIndex};
 
@@ -157,6 +158,8 @@ pub struct Transition {
     pub changed: bool,
     /// No outcome was recorded before in this process: an earlier one may have reported it.
     pub first: bool,
+    /// The outcome has warnings, and not the ones recorded before.
+    pub new_warnings: bool,
 }
 
 pub struct Context {
@@ -177,6 +180,9 @@ pub struct Context {
     /// The staged rollouts under way.
     pub rollouts: Rollouts,
     outcomes: Mutex<OutcomeIndex>,
+    /// The HorizontalPodAutoscalers and VerticalPodAutoscalers that scale Deployments, for the
+    /// warnings of the sidecars they skew (fed by their watches; empty when not watched).
+    autoscalers: Mutex<AutoscalerIndex>,
     written: Mutex<HashMap<ObjectRef<DeploymentView>, Written>>,
     /// Consecutive failures per object, for exponential backoff.
     deployment_failures: Mutex<HashMap<ObjectRef<DeploymentView>, u32>>,
@@ -223,6 +229,7 @@ impl Context {
             policy_sets: PolicySets::default(),
             rollouts: Rollouts::default(),
             outcomes: Mutex::default(),
+            autoscalers: Mutex::default(),
             written: Mutex::default(),
             deployment_failures: Mutex::default(),
             policy_failures: Mutex::default(),
@@ -325,6 +332,16 @@ impl Context {
             )
     }
 
+    /// The autoscalers that scale Deployment `namespace/name`.
+    pub fn autoscalers_of(&self, namespace: &str, name: &str) -> Autoscalers {
+        lock(&self.autoscalers).of(namespace, name)
+    }
+
+    /// The autoscaler index, for the watches to update.
+    pub(crate) fn autoscaler_index(&self) -> MutexGuard<'_, AutoscalerIndex> {
+        lock(&self.autoscalers)
+    }
+
     /// Records the outcome of a Deployment reconcile and triggers the status of every policy
     /// whose status it may change. Events are sent on transitions only: see [`Transition`].
     pub fn record_outcome(&self, namespace: &str, name: &str, outcome: Outcome) -> Transition {
@@ -335,6 +352,8 @@ impl Context {
             let transition = Transition {
                 changed: previous != Some(&outcome),
                 first: previous.is_none(),
+                new_warnings: !outcome.warnings.is_empty()
+                    && previous.is_none_or(|p| p.warnings != outcome.warnings),
             };
             let touched = outcomes.record(namespace, name, outcome);
             (transition, touched, !was_synced && outcomes.is_synced())

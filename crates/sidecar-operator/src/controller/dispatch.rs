@@ -14,6 +14,9 @@
 //!   ClusterSidecarPolicy exists, triggers its Deployments (a namespaceSelector may now select
 //!   it, or no longer) and every ClusterSidecarPolicy's status (its matched namespaces).
 //! - A deleted Deployment is forgotten by the outcome index, which triggers its policies' status.
+//! - A HorizontalPodAutoscaler or VerticalPodAutoscaler that changed what the warnings read of it
+//!   (its target, its resource metrics, its container policies) updates the autoscaler index and
+//!   triggers the Deployments it scaled and scales: their warnings may change.
 //! - A relist (the watch restarted) is compared with what was seen before: changed objects are
 //!   treated as changed, missing ones as deleted.
 //!
@@ -24,12 +27,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 use sidecar_api::{POLICY_KIND_LABEL, POLICY_LABEL};
+use sidecar_core::autoscaling::{Autoscaler, Hpa, Kind, Listed, Vpa};
 use sidecar_core::{cluster, selector};
 
 use super::context::Context;
@@ -65,6 +71,8 @@ pub struct Dispatch {
     cluster_policies: Mutex<HashMap<String, PolicyKey>>,
     /// The labels of every namespace seen.
     namespaces: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// The autoscalers of a relist under way, by kind, until it is done.
+    relisted: Mutex<HashMap<Kind, Vec<Listed>>>,
 }
 
 impl Dispatch {
@@ -75,6 +83,7 @@ impl Dispatch {
             policies: Mutex::default(),
             cluster_policies: Mutex::default(),
             namespaces: Mutex::default(),
+            relisted: Mutex::default(),
         }
     }
 
@@ -339,6 +348,64 @@ impl Dispatch {
             } else {
                 self.ctx.triggers.policy(&namespace, policy);
             }
+        }
+    }
+
+    /// A HorizontalPodAutoscaler changed: the Deployments it scaled and scales are looked at again
+    /// (their warnings may change).
+    pub fn hpa_event(&self, event: &Event<HorizontalPodAutoscaler>) {
+        self.autoscaler_event(Kind::Hpa, event, |hpa| Hpa::of(hpa).map(Autoscaler::Hpa));
+    }
+
+    /// A VerticalPodAutoscaler changed (see [`Dispatch::hpa_event`]).
+    pub fn vpa_event(&self, event: &Event<DynamicObject>) {
+        self.autoscaler_event(Kind::Vpa, event, |vpa| {
+            let object = serde_json::to_value(vpa).ok()?;
+            Vpa::of(&object).map(Autoscaler::Vpa)
+        });
+    }
+
+    fn autoscaler_event<K: Resource>(
+        &self,
+        kind: Kind,
+        event: &Event<K>,
+        facts: impl Fn(&K) -> Option<Autoscaler>,
+    ) {
+        let id = |object: &K| {
+            let meta = object.meta();
+            (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            )
+        };
+        let touched: Vec<(String, String)> = match event {
+            Event::Apply(object) | Event::Delete(object) => {
+                let (namespace, name) = id(object);
+                let now = match event {
+                    Event::Apply(_) => facts(object),
+                    _ => None,
+                };
+                let deployments = self.ctx.autoscaler_index().apply(kind, &namespace, &name, now);
+                deployments.into_iter().map(|d| (namespace.clone(), d)).collect()
+            }
+            Event::Init => {
+                lock(&self.relisted).insert(kind, Vec::new());
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                let (namespace, name) = id(object);
+                let listed = (namespace, name, facts(object));
+                lock(&self.relisted).entry(kind).or_default().push(listed);
+                Vec::new()
+            }
+            Event::InitDone => {
+                let listed = lock(&self.relisted).remove(&kind).unwrap_or_default();
+                let touched = self.ctx.autoscaler_index().replace(kind, listed);
+                touched.into_iter().collect()
+            }
+        };
+        for (namespace, deployment) in touched {
+            self.ctx.triggers.deployment(&namespace, &deployment);
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Each kind is watched once (Deployments, SidecarPolicies, the policies' ControllerRevisions,
 //! and when every namespace is watched, ClusterSidecarPolicies and Namespaces' metadata); the
-//! controllers read the same caches. A ClusterSidecarPolicy is rendered in each namespace it
+//! controllers read the same caches. HorizontalPodAutoscalers and VerticalPodAutoscalers are
+//! watched when served and allowed, into an index of what the warnings need, not a cache. A ClusterSidecarPolicy is rendered in each namespace it
 //! selects as one of the namespace's policies (`sidecar_core::cluster`); a third controller keeps
 //! its status. Every watch event goes through
 //! [`dispatch::Dispatch`] after its cache holds it, which decides what it triggers.
@@ -26,10 +27,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{self, Action};
@@ -86,6 +88,14 @@ struct Apis {
     revisions: Api<ControllerRevision>,
     /// Only when every namespace is watched.
     cluster: Option<(Api<GuardedClusterPolicy>, Api<PartialObjectMeta<Namespace>>)>,
+    autoscalers: AutoscalerApis,
+}
+
+/// The autoscalers the operator may watch, for the warnings of the sidecars they skew; each is
+/// `None` when its API is not served or the operator may not list it.
+struct AutoscalerApis {
+    hpas: Option<Api<HorizontalPodAutoscaler>>,
+    vpas: Option<Api<DynamicObject>>,
 }
 
 struct Writers {
@@ -111,12 +121,14 @@ impl Scope {
         max_hold: Duration,
         cluster: ClusterOptions,
     ) -> Self {
+        let autoscalers = check_autoscalers(&client, namespace).await;
         let apis = match namespace {
             Some(ns) => Apis {
                 deployments: Api::namespaced(client.clone(), ns),
                 policies: Api::namespaced(client.clone(), ns),
                 revisions: Api::namespaced(client.clone(), ns),
                 cluster: None,
+                autoscalers,
             },
             None => Apis {
                 deployments: Api::all(client.clone()),
@@ -129,6 +141,7 @@ impl Scope {
                         None
                     }
                 },
+                autoscalers,
             },
         };
         let unsupported_server = check_server(&client).await;
@@ -245,6 +258,7 @@ impl Scope {
         };
 
         let cluster_watches = cluster_watches(apis.cluster, writers.cluster, &dispatch, config.clone());
+        let autoscaler_watches = autoscaler_watches(apis.autoscalers, &dispatch, config.clone());
 
         let controller_config = controller::Config::default().concurrency(concurrency);
         // Every trigger comes from dispatch (`reconcile_on`), none from a stream of objects.
@@ -281,7 +295,13 @@ impl Scope {
             }
         };
         let watches = async {
-            futures::join!(deployment_watch, policy_watch, revision_watch, cluster_watches);
+            futures::join!(
+                deployment_watch,
+                policy_watch,
+                revision_watch,
+                cluster_watches,
+                autoscaler_watches
+            );
         };
         tokio::select! {
             () = controllers => info!("controllers stopped"),
@@ -340,6 +360,120 @@ fn cluster_watches(
     Box::pin(async move {
         futures::join!(policy_watch, namespace_watch);
     })
+}
+
+/// The HPA and VPA watches, each when it is available; no cache holds them: each event updates
+/// the autoscaler index (in dispatch), which keeps only what the warnings need.
+fn autoscaler_watches(
+    apis: AutoscalerApis,
+    dispatch: &Arc<Dispatch>,
+    config: watcher::Config,
+) -> futures::future::BoxFuture<'static, ()> {
+    let hpa_watch = apis.hpas.map(|api| {
+        let dispatch = dispatch.clone();
+        watcher(api, config.clone())
+            .default_backoff()
+            .for_each(move |event| {
+                match event {
+                    Ok(event) => dispatch.hpa_event(&event),
+                    Err(e) => warn!("HorizontalPodAutoscaler watch: {e}"),
+                }
+                futures::future::ready(())
+            })
+            .boxed()
+    });
+    let vpa_watch = apis.vpas.map(|api| {
+        let dispatch = dispatch.clone();
+        watcher(api, config)
+            .default_backoff()
+            .for_each(move |event| {
+                match event {
+                    Ok(event) => dispatch.vpa_event(&event),
+                    Err(e) => warn!("VerticalPodAutoscaler watch: {e}"),
+                }
+                futures::future::ready(())
+            })
+            .boxed()
+    });
+    let pending = || futures::future::pending().boxed();
+    Box::pin(async move {
+        futures::join!(
+            hpa_watch.unwrap_or_else(pending),
+            vpa_watch.unwrap_or_else(pending)
+        );
+    })
+}
+
+/// The autoscalers the operator watches in `namespace` (all when `None`): HPAs (autoscaling/v2)
+/// and, when their CRD is served, VPAs (autoscaling.k8s.io/v1), each only if the operator may
+/// list them. Their warnings are advice: without them the operator works as before, and says
+/// so once.
+async fn check_autoscalers(client: &Client, namespace: Option<&str>) -> AutoscalerApis {
+    let probe = kube::api::ListParams::default().limit(1);
+    let hpas: Api<HorizontalPodAutoscaler> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let hpas = match hpas.list_metadata(&probe).await {
+        Ok(_) => Some(hpas),
+        Err(e) => {
+            warn!(
+                "HorizontalPodAutoscalers are not watched, so their warnings are off: {}",
+                list_error("horizontalpodautoscalers", e)
+            );
+            None
+        }
+    };
+    let resource = match client.list_api_group_resources(VPA_GROUP_VERSION).await {
+        Ok(list) => list
+            .resources
+            .iter()
+            .find(|r| r.name == "verticalpodautoscalers")
+            .map(|r| {
+                ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk("autoscaling.k8s.io", "v1", &r.kind),
+                    &r.name,
+                )
+            }),
+        // Not served (404) is the usual case: the VPA is an add-on.
+        Err(_) => None,
+    };
+    let vpas = match resource {
+        None => {
+            info!("VerticalPodAutoscalers are not served ({VPA_GROUP_VERSION}); no VPA warnings");
+            None
+        }
+        Some(resource) => {
+            let vpas: Api<DynamicObject> = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            match vpas.list_metadata(&probe).await {
+                Ok(_) => Some(vpas),
+                Err(e) => {
+                    warn!(
+                        "VerticalPodAutoscalers are not watched, so their warnings are off: {}",
+                        list_error("verticalpodautoscalers", e)
+                    );
+                    None
+                }
+            }
+        }
+    };
+    AutoscalerApis { hpas, vpas }
+}
+
+/// The VerticalPodAutoscaler's API (a CRD of the autoscaler add-on).
+const VPA_GROUP_VERSION: &str = "autoscaling.k8s.io/v1";
+
+/// Why listing `resource` failed, saying what to grant when it was forbidden.
+fn list_error(resource: &str, e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "the operator may not list {resource} (grant list and watch, as the install's ClusterRole sidecar-operator does)"
+        ),
+        e => format!("could not list {resource} ({e})"),
+    }
 }
 
 /// A policy of either kind as cached: what the API server's bookkeeping adds is dropped.

@@ -12,14 +12,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
+use sidecar_core::autoscaling;
 use sidecar_core::outcome::{Outcome, State};
 use sidecar_core::rollout::Progress;
 use sidecar_core::status::reasons;
-use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, PolicySet, Refusal, cluster};
+use sidecar_core::{DeploymentFacts, InjectionRecord, Plan, PolicySet, Refusal, Warning, cluster};
 use tracing::{debug, info, instrument, warn};
 
 use super::FIELD_MANAGER;
-use super::context::{CACHE_RETRY, Context, Written};
+use super::context::{CACHE_RETRY, Context, Transition, Written};
 use super::error::{Error, backoff};
 use super::events::{EventType, Report};
 use super::hold::{self, Release};
@@ -73,12 +74,13 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    let outcome = |state, held| Outcome {
+    let outcome = |state, held, warnings| Outcome {
         selected: selected.clone(),
         carried: facts.carried(),
         state,
         held,
         progress: view.progress.clone(),
+        warnings,
     };
 
     if let Some(invalid) = policies.unreadable.first() {
@@ -98,7 +100,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             policy: policy.clone(),
             message: invalid.error.clone(),
         };
-        let transition = ctx.record_outcome(namespace, name, outcome(state, released.is_err()));
+        let transition = ctx.record_outcome(namespace, name, outcome(state, released.is_err(), Vec::new()));
         released?;
         if transition.changed {
             warn!(%policy, "policy cannot be decoded: {}", invalid.error);
@@ -126,7 +128,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             // Written moments ago, or deleted and being re-created by the policy's reconcile.
             debug!(%missing, "waiting for a revision in the revision cache");
             let state = State::Pending;
-            ctx.record_outcome(namespace, name, outcome(state, held));
+            ctx.record_outcome(namespace, name, outcome(state, held, Vec::new()));
             return Ok(Action::requeue(REVISION_RETRY));
         }
     };
@@ -145,22 +147,30 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 Ok(())
             };
             let state = State::Refused(refusal.problems.clone());
-            let transition = ctx.record_outcome(namespace, name, outcome(state, released.is_err()));
+            let warnings = set.deployment_warnings(&refusal.warnings);
+            let transition = ctx.record_outcome(
+                namespace,
+                name,
+                outcome(state, released.is_err(), warnings.clone()),
+            );
             released?;
             if transition.changed {
                 warn!(problems = refusal.problems.len(), "render refused: {refusal}");
                 report_refusal(&ctx, &view, &refusal, transition.first).await;
             }
+            report_warnings(&ctx, &view, &warnings, transition).await;
             ctx.deployment_succeeded(&key);
             return Ok(Action::await_change());
         }
     };
+    let warnings = deployment_warnings(&ctx, &view, set, &facts, &plan);
     let applied = |held, progress| Outcome {
         selected: selected.clone(),
         carried: plan.record.carried(),
         state: State::Applied,
         held,
         progress,
+        warnings: warnings.clone(),
     };
     if plan.is_applied(&facts) {
         if held && ctx.released_already(&key, view.metadata.generation) {
@@ -176,10 +186,13 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 Release::Rendered
             };
             let released = hold::release(&ctx, &view, generation, why).await;
-            ctx.record_outcome(namespace, name, applied(released.is_err(), view.progress.clone()));
+            let transition =
+                ctx.record_outcome(namespace, name, applied(released.is_err(), view.progress.clone()));
+            report_warnings(&ctx, &view, &warnings, transition).await;
             released?;
         } else {
-            ctx.record_outcome(namespace, name, applied(false, view.progress.clone()));
+            let transition = ctx.record_outcome(namespace, name, applied(false, view.progress.clone()));
+            report_warnings(&ctx, &view, &warnings, transition).await;
         }
         ctx.deployment_succeeded(&key);
         return Ok(Action::await_change());
@@ -214,8 +227,9 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 Progress::Idle => Progress::Idle,
                 _ => Progress::Rolling,
             };
-            ctx.record_outcome(namespace, name, applied(released.is_err(), progress));
+            let transition = ctx.record_outcome(namespace, name, applied(released.is_err(), progress));
             report_change(&ctx, &view, &facts, &plan).await;
+            report_warnings(&ctx, &view, &warnings, transition).await;
             released?;
             ctx.deployment_succeeded(&key);
             Ok(Action::await_change())
@@ -226,7 +240,7 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
                 conflict,
                 message: error.to_string(),
             };
-            let transition = ctx.record_outcome(namespace, name, outcome(state, held));
+            let transition = ctx.record_outcome(namespace, name, outcome(state, held, warnings.clone()));
             if conflict && transition.changed {
                 // Needs a person (the other field manager's owner): say so once, where
                 // `kubectl describe` shows it; the policies' status says it too.
@@ -242,6 +256,48 @@ pub async fn reconcile(view: Arc<DeploymentView>, ctx: Arc<Context>) -> Result<A
             Err(error)
         }
     }
+}
+
+/// What the plan warns of this Deployment (not its policies' own warnings, which their status
+/// says), and what its autoscalers make of the sidecars the plan injects.
+fn deployment_warnings(
+    ctx: &Context,
+    view: &DeploymentView,
+    set: &PolicySet,
+    facts: &DeploymentFacts,
+    plan: &Plan,
+) -> Vec<Warning> {
+    let mut warnings = set.deployment_warnings(&plan.warnings);
+    let autoscalers = ctx.autoscalers_of(view.namespace(), view.name());
+    if !autoscalers.hpas.is_empty() || !autoscalers.vpas.is_empty() {
+        let sidecars = set.injected_sidecars(&plan.record);
+        warnings.extend(autoscaling::warnings(&facts.owner, &sidecars, &autoscalers));
+        warnings.sort();
+        warnings.dedup();
+    }
+    warnings
+}
+
+/// A Warning Event on the Deployment when its warnings appear or change, once: the status of
+/// each policy they concern keeps saying so.
+async fn report_warnings(ctx: &Context, view: &DeploymentView, warnings: &[Warning], transition: Transition) {
+    if !transition.new_warnings {
+        return;
+    }
+    let text = warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    debug!(warnings = warnings.len(), "render warnings: {text}");
+    let report = Report::new(
+        reference(view),
+        EventType::Warning,
+        reasons::SIDECAR_WARNINGS,
+        "Render",
+        text,
+    );
+    ctx.events.publish(report.once(transition.first)).await;
 }
 
 /// How soon a Deployment waiting for a revision in the revision cache is looked at again.

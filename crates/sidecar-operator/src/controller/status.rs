@@ -16,7 +16,7 @@ use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy, SidecarPolicyStatus, cond
 use sidecar_core::PolicySet;
 use sidecar_core::cluster::{self, NamespaceLabels};
 use sidecar_core::outcome::Summary;
-use sidecar_core::status::{from_summary, reasons, unsupported_server_status};
+use sidecar_core::status::{from_summary, own_warnings, reasons, unsupported_server_status};
 use tracing::{debug, instrument, warn};
 
 use super::context::{CACHE_RETRY, Context, PolicyId, cluster_policy_id, policy_id};
@@ -218,7 +218,8 @@ async fn settle(
         return Ok(Action::requeue(wait));
     }
     report_invalid(ctx, &subject.reference, previous, &status).await;
-    report_warnings(ctx, &subject.reference, previous, &status).await;
+    let own = own_warnings(set, subject.id.1.as_str());
+    report_warnings(ctx, &subject.reference, own, previous).await;
     report_stopped(ctx, &subject.reference, previous, &status).await;
     match cluster::cluster_name(&subject.id.1) {
         Some(name) => write_cluster_status(ctx, name, &status).await?,
@@ -372,28 +373,34 @@ async fn report_invalid(
     }
 }
 
-/// A Warning Event on the policy when its spec's warnings appear or change, once: the `Warnings`
-/// condition keeps saying so.
+/// A Warning Event on the policy when its spec's own warnings appear or change, once: the
+/// `Warnings` condition keeps saying so. (The warnings of the Deployments it selects are Events on
+/// those Deployments.)
 async fn report_warnings(
     ctx: &Context,
     policy: &ObjectReference,
+    own: Option<String>,
     previous: Option<&SidecarPolicyStatus>,
-    status: &SidecarPolicyStatus,
 ) {
-    let warnings =
-        |s: Option<&SidecarPolicyStatus>| holding(s, conditions::WARNINGS).map(|c| c.message.clone());
-    if let Some(message) = warnings(Some(status))
-        && warnings(previous).as_ref() != Some(&message)
-    {
-        let report = Report::new(
-            policy.clone(),
-            EventType::Warning,
-            reasons::POLICY_WARNINGS,
-            "Validate",
-            message,
-        );
-        ctx.events.publish(report).await;
+    let Some(own) = own else {
+        return;
+    };
+    // The condition's message starts with the policy's own warnings (see `from_summary`).
+    let reported = holding(previous, conditions::WARNINGS).is_some_and(|c| {
+        c.reason == reasons::POLICY_WARNINGS
+            && (c.message == own || c.message.starts_with(&format!("{own}; Deployment ")))
+    });
+    if reported {
+        return;
     }
+    let report = Report::new(
+        policy.clone(),
+        EventType::Warning,
+        reasons::POLICY_WARNINGS,
+        "Validate",
+        own,
+    );
+    ctx.events.publish(report).await;
 }
 
 /// A Warning Event on the policy when its rollout stops on a failure, once per stop: the status'

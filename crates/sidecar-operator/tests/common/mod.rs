@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::client::Body;
@@ -306,6 +307,10 @@ impl Harness {
         self.dispatch.policy_event(&event);
     }
 
+    pub fn hpa_event(&mut self, event: Event<HorizontalPodAutoscaler>) {
+        self.dispatch.hpa_event(&event);
+    }
+
     pub fn revision_event(&mut self, event: Event<ControllerRevision>) {
         self.revisions.apply_watcher_event(&event);
         self.dispatch.revision_event(&event);
@@ -508,6 +513,32 @@ pub async fn expect_apply(handle: &mut ApiHandle) -> (Value, SendResponse<Respon
         "the operator never forces"
     );
     (body, send)
+}
+
+/// Expects the policy `shipper`'s status merge patch; returns the status as the server would
+/// store it.
+pub async fn expect_status(
+    handle: &mut ApiHandle,
+) -> (
+    Value,
+    http::Request<()>,
+    tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+) {
+    let (request, body, send) = next(handle).await;
+    assert_eq!(request.method(), Method::PATCH);
+    assert_eq!(request.uri().path(), POLICY_STATUS_PATH);
+    assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
+    assert!(
+        query(&request).contains("fieldManager=sidecar-operator"),
+        "{}",
+        query(&request)
+    );
+    // A merge patch's nulls remove fields (a count back to 0): what the server then stores.
+    let mut status = body["status"].clone();
+    if let Some(fields) = status.as_object_mut() {
+        fields.retain(|_, value| !value.is_null());
+    }
+    (status, request, send)
 }
 
 /// Expects an Event created and returns (reason, type, regarding kind).
