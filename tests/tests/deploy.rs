@@ -464,6 +464,8 @@ fn rbac_is_the_documented_least_privilege() {
                 &["list", "watch", "create", "patch", "delete"]
             ),
             grant("events.k8s.io", "events", &[], &["create"]),
+            grant("autoscaling", "horizontalpodautoscalers", &[], &["list", "watch"]),
+            grant("autoscaling.k8s.io", "verticalpodautoscalers", &[], &["list", "watch"]),
         ]
     );
     assert_eq!(
