@@ -465,7 +465,12 @@ fn rbac_is_the_documented_least_privilege() {
             ),
             grant("events.k8s.io", "events", &[], &["create"]),
             grant("autoscaling", "horizontalpodautoscalers", &[], &["list", "watch"]),
-            grant("autoscaling.k8s.io", "verticalpodautoscalers", &[], &["list", "watch"]),
+            grant(
+                "autoscaling.k8s.io",
+                "verticalpodautoscalers",
+                &[],
+                &["list", "watch"]
+            ),
         ]
     );
     assert_eq!(

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sidecar_api::{ClusterSidecarPolicy, INJECT_ANNOTATION, INJECTED_ANNOTATION, SidecarPolicy};
 
-use crate::autoscaling::InjectedSidecar;
+use crate::autoscaling::{self, Autoscalers, InjectedSidecar};
 use crate::cluster::{self, Exclusions, NamespaceLabels};
 use crate::facts::{DeploymentFacts, PodFacts};
 use crate::revision;
@@ -313,6 +313,27 @@ impl PolicySet {
             record,
             warnings,
         })
+    }
+
+    /// [`PolicySet::render`], with the warnings of the `autoscalers` that scale the Deployment
+    /// (see [`crate::autoscaling`]): what `render`, `plan` and `explain` show.
+    pub fn render_with_autoscalers(
+        &self,
+        deployment: &Deployment,
+        autoscalers: &Autoscalers,
+    ) -> Result<Rendered, Refusal> {
+        let mut rendered = self.render(deployment)?;
+        if autoscalers.hpas.is_empty() && autoscalers.vpas.is_empty() {
+            return Ok(rendered);
+        }
+        let owner = DeploymentFacts::of(deployment).owner;
+        let sidecars = self.injected_sidecars(&rendered.record);
+        rendered
+            .warnings
+            .extend(autoscaling::warnings(&owner, &sidecars, autoscalers));
+        rendered.warnings.sort();
+        rendered.warnings.dedup();
+        Ok(rendered)
     }
 
     /// The selected policies' injection into the Deployment with `metadata`, whose owner's pod

@@ -1,5 +1,6 @@
 //! What `plan` and `explain` read from the cluster: Deployments, SidecarPolicies,
-//! ClusterSidecarPolicies and Namespace labels. Read-only: every request is a list or a get.
+//! ClusterSidecarPolicies, Namespace labels and the autoscalers (HPAs, and VPAs when served).
+//! Read-only: every request is a list or a get.
 //!
 //! The commands themselves are pure functions of a [`ClusterState`], so they are tested without
 //! a cluster; this module is the only part that talks to the API server.
@@ -7,12 +8,14 @@
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
+use sidecar_core::autoscaling::{Autoscaler, AutoscalerIndex, Hpa, Kind, Vpa};
 use sidecar_core::cluster::{self, NamespaceLabels};
 
 /// Objects per list request: a fleet's Deployments come in pages, not in one answer.
@@ -38,6 +41,8 @@ pub struct ClusterState {
     pub cluster_policies: Option<Vec<ClusterSidecarPolicy>>,
     pub namespaces: Vec<NamespaceLabels>,
     pub unreadable: Vec<Unreadable>,
+    /// The HPAs and VPAs that scale Deployments, for the warnings of the sidecars they skew.
+    pub autoscalers: AutoscalerIndex,
     /// What the reader wants to know about how the state was read.
     pub notes: Vec<String>,
 }
@@ -116,7 +121,9 @@ pub async fn fetch(client: &Client, namespace: Option<&str>) -> Result<ClusterSt
         list_cluster_policies(client),
         read_namespaces(client, namespace),
     )?;
-    Ok(assemble(deployments, policies, unreadable, cluster, namespaces))
+    let mut state = assemble(deployments, policies, unreadable, cluster, namespaces);
+    read_autoscalers(client, namespace, &mut state).await;
+    Ok(state)
 }
 
 /// Deployment `name` of `namespace`, with the policies of its namespace, the
@@ -148,13 +155,9 @@ pub async fn fetch_deployment(
         list_cluster_policies(client),
         read_namespaces(client, Some(namespace)),
     )?;
-    Ok(assemble(
-        vec![deployment],
-        policies,
-        unreadable,
-        cluster,
-        namespaces,
-    ))
+    let mut state = assemble(vec![deployment], policies, unreadable, cluster, namespaces);
+    read_autoscalers(client, Some(namespace), &mut state).await;
+    Ok(state)
 }
 
 fn assemble(
@@ -188,7 +191,46 @@ fn assemble(
         cluster_policies,
         namespaces,
         unreadable,
+        autoscalers: AutoscalerIndex::default(),
         notes,
+    }
+}
+
+/// The HPAs (autoscaling/v2) and, when their CRD is served, the VPAs of `namespace` (or of all),
+/// into `state`. They only add warnings: one that cannot be listed is a note, not an error.
+async fn read_autoscalers(client: &Client, namespace: Option<&str>, state: &mut ClusterState) {
+    let scope = Scope(namespace.map(str::to_owned));
+    let hpas: Api<HorizontalPodAutoscaler> = api(client, namespace);
+    match list_all(&hpas, "HorizontalPodAutoscalers", &scope).await {
+        Ok(hpas) => {
+            for hpa in &hpas {
+                let facts = Hpa::of(hpa).map(Autoscaler::Hpa);
+                let (ns, name) = (hpa.namespace().unwrap_or_default(), hpa.name_any());
+                state.autoscalers.apply(Kind::Hpa, &ns, &name, facts);
+            }
+        }
+        Err(e) => state.notes.push(format!("{e}: HPA warnings are not shown")),
+    }
+    let gvk = GroupVersionKind::gvk("autoscaling.k8s.io", "v1", "VerticalPodAutoscaler");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "verticalpodautoscalers");
+    let vpas: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    match list_all(&vpas, "VerticalPodAutoscalers", &scope).await {
+        Ok(vpas) => {
+            for vpa in &vpas {
+                let Ok(object) = serde_json::to_value(vpa) else {
+                    continue;
+                };
+                let facts = Vpa::of(&object).map(Autoscaler::Vpa);
+                let (ns, name) = (vpa.namespace().unwrap_or_default(), vpa.name_any());
+                state.autoscalers.apply(Kind::Vpa, &ns, &name, facts);
+            }
+        }
+        // The VPA is an add-on: not served is the usual case, and nothing to say.
+        Err(e) if not_served(&e) => {}
+        Err(e) => state.notes.push(format!("{e}: VPA warnings are not shown")),
     }
 }
 

@@ -171,7 +171,10 @@ pub fn explain(
         );
         return Ok(out);
     }
-    match set.render(deployment) {
+    let autoscalers = state
+        .autoscalers
+        .of(namespace, deployment.metadata.name.as_deref().unwrap_or_default());
+    match set.render_with_autoscalers(deployment, &autoscalers) {
         Ok(rendered) => {
             if is_up_to_date(deployment, &rendered) {
                 out.push_str("Live Deployment: up to date with the current policies.\n");

@@ -11,6 +11,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -146,14 +147,20 @@ pub enum Kind {
     Deployment,
     /// Read for its labels, which ClusterSidecarPolicies select.
     Namespace,
+    /// Read for the warnings of the sidecars it counts (autoscaling/v2 only).
+    HorizontalPodAutoscaler,
+    /// Read for the warnings of the sidecars it would size (a CRD, read as JSON).
+    VerticalPodAutoscaler,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 6] = [
         Kind::SidecarPolicy,
         Kind::ClusterSidecarPolicy,
         Kind::Deployment,
         Kind::Namespace,
+        Kind::HorizontalPodAutoscaler,
+        Kind::VerticalPodAutoscaler,
     ];
 
     fn api_version(self) -> &'static str {
@@ -161,6 +168,8 @@ impl Kind {
             Kind::SidecarPolicy | Kind::ClusterSidecarPolicy => "sidecar.dev/v1alpha1",
             Kind::Deployment => "apps/v1",
             Kind::Namespace => "v1",
+            Kind::HorizontalPodAutoscaler => "autoscaling/v2",
+            Kind::VerticalPodAutoscaler => "autoscaling.k8s.io/v1",
         }
     }
 
@@ -170,11 +179,19 @@ impl Kind {
             Kind::ClusterSidecarPolicy => "ClusterSidecarPolicy",
             Kind::Deployment => "Deployment",
             Kind::Namespace => "Namespace",
+            Kind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            Kind::VerticalPodAutoscaler => "VerticalPodAutoscaler",
         }
     }
 
     fn group(self) -> &'static str {
         group(self.api_version())
+    }
+
+    /// Read only for warnings: under another version of its API group (an autoscaling/v1 HPA of
+    /// an older chart) it is ignored with a note, not an error.
+    fn advisory(self) -> bool {
+        matches!(self, Kind::HorizontalPodAutoscaler | Kind::VerticalPodAutoscaler)
     }
 }
 
@@ -196,6 +213,9 @@ pub enum Document {
     ClusterSidecarPolicy(Box<ClusterSidecarPolicy>),
     Deployment(Box<Deployment>),
     Namespace(Box<Namespace>),
+    HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
+    /// The object as JSON (there is no typed VPA in k8s-openapi).
+    VerticalPodAutoscaler(Box<Value>),
 }
 
 /// A document of a kind render does not read, such as a Service.
@@ -301,7 +321,7 @@ fn classify(api_version: &str, kind: &str) -> Class {
     }
     match Kind::ALL.into_iter().find(|k| k.name() == kind) {
         Some(k) if k.api_version() == api_version => Class::Read(k),
-        Some(k) if k.group() == group(api_version) => Class::OtherVersion(k),
+        Some(k) if k.group() == group(api_version) && !k.advisory() => Class::OtherVersion(k),
         _ => Class::Other,
     }
 }
@@ -350,6 +370,12 @@ impl Split {
                     }
                     Kind::Deployment => Document::Deployment(Box::new(parse_object(&at, value, kind)?)),
                     Kind::Namespace => Document::Namespace(Box::new(parse_object(&at, value, kind)?)),
+                    Kind::HorizontalPodAutoscaler => {
+                        Document::HorizontalPodAutoscaler(Box::new(parse_object(&at, value, kind)?))
+                    }
+                    Kind::VerticalPodAutoscaler => {
+                        Document::VerticalPodAutoscaler(Box::new(parse_object(&at, value, kind)?))
+                    }
                 };
                 self.documents.push(Parsed { at, object });
                 Ok(())
@@ -499,8 +525,31 @@ mod tests {
                         d.at
                     )
                 }
+                Document::HorizontalPodAutoscaler(h) => {
+                    format!("hpa {} at {}", h.metadata.name.as_deref().unwrap_or("?"), d.at)
+                }
+                Document::VerticalPodAutoscaler(v) => format!(
+                    "vpa {} at {}",
+                    v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?"),
+                    d.at
+                ),
             })
             .collect()
+    }
+
+    #[test]
+    fn autoscalers_are_read_and_an_older_hpa_version_is_set_aside_not_refused() {
+        let text = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: a}\n\
+                    spec: {scaleTargetRef: {kind: Deployment, name: d}, maxReplicas: 2}\n---\n\
+                    apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: b}\n---\n\
+                    apiVersion: autoscaling.k8s.io/v1\nkind: VerticalPodAutoscaler\nmetadata: {name: c}\n";
+        let found = split(&source(), text).unwrap();
+        assert_eq!(
+            summary(&found),
+            ["hpa a at in.yaml document 1", "vpa c at in.yaml document 3"]
+        );
+        assert_eq!(found.ignored.len(), 1);
+        assert_eq!(found.ignored[0].kind, "autoscaling/v1 HorizontalPodAutoscaler");
     }
 
     fn error(text: &str) -> String {

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
+use sidecar_core::autoscaling::Autoscalers;
 use sidecar_core::cluster::{self, Exclusions};
 use sidecar_core::{Guardrails, InjectionRecord, PolicySet, Problem, Rendered, contains, is_up_to_date};
 use similar::TextDiff;
@@ -155,6 +156,12 @@ pub fn read_policy_files(paths: &[PathBuf], stdin: impl Read) -> Result<PolicyFi
                 Document::ClusterSidecarPolicy(p) => files.cluster_policies.push(Parsed { at, object: *p }),
                 Document::Deployment(_) => ignored.push("apps/v1 Deployment".to_owned()),
                 Document::Namespace(_) => ignored.push("v1 Namespace".to_owned()),
+                Document::HorizontalPodAutoscaler(_) => {
+                    ignored.push("autoscaling/v2 HorizontalPodAutoscaler".to_owned())
+                }
+                Document::VerticalPodAutoscaler(_) => {
+                    ignored.push("autoscaling.k8s.io/v1 VerticalPodAutoscaler".to_owned())
+                }
             }
         }
         if files.policies.len() + files.cluster_policies.len() == before {
@@ -162,7 +169,7 @@ pub fn read_policy_files(paths: &[PathBuf], stdin: impl Read) -> Result<PolicyFi
         }
         if !ignored.is_empty() {
             files.notes.push(format!(
-                "{name}: ignored {} document{} that {} not a policy ({}): plan reads the cluster's Deployments and Namespaces",
+                "{name}: ignored {} document{} that {} not a policy ({}): plan reads the cluster's Deployments, Namespaces and autoscalers",
                 ignored.len(),
                 if ignored.len() == 1 { "" } else { "s" },
                 if ignored.len() == 1 { "is" } else { "are" },
@@ -471,11 +478,12 @@ impl<'a> Side<'a> {
         }
     }
 
-    fn outcome(&self, deployment: &Deployment) -> Outcome<'a> {
+    /// The render of `deployment`, whose autoscalers are `autoscalers` (for their warnings).
+    fn outcome(&self, deployment: &Deployment, autoscalers: &Autoscalers) -> Outcome<'a> {
         if let Some(unreadable) = self.unreadable {
             return Outcome::Blocked(unreadable);
         }
-        match self.set.render(deployment) {
+        match self.set.render_with_autoscalers(deployment, autoscalers) {
             Ok(rendered) => Outcome::Rendered(Box::new(rendered)),
             Err(refusal) => Outcome::Refused(
                 refusal.problems,
@@ -623,8 +631,10 @@ pub fn plan(state: &ClusterState, changes: &Changes, options: &Options) -> PlanR
                 let key = policy.metadata.name.clone().unwrap_or_default();
                 selected.insert((namespace.to_owned(), key));
             }
-            let now = current.outcome(deployment);
-            let then = next.outcome(deployment);
+            let name = deployment.metadata.name.as_deref().unwrap_or_default();
+            let autoscalers = state.autoscalers.of(namespace, name);
+            let now = current.outcome(deployment, &autoscalers);
+            let then = next.outcome(deployment, &autoscalers);
             let known = now.warnings();
             warnings.extend(then.warnings().into_iter().filter(|w| !known.contains(w)));
             let pending = matches!(&now, Outcome::Rendered(r) if !is_up_to_date(deployment, r));

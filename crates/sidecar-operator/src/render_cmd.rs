@@ -4,8 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
+use serde_json::Value;
 use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy};
+use sidecar_core::autoscaling::{self, Autoscaler, AutoscalerIndex, Hpa, Vpa};
 use sidecar_core::cluster::NamespaceLabels;
 use sidecar_core::{PolicySet, Refusal};
 use similar::TextDiff;
@@ -54,6 +57,9 @@ struct Inputs {
     deployments: Vec<Parsed<Deployment>>,
     /// Namespace documents, for the labels ClusterSidecarPolicies select.
     namespaces: Vec<Namespace>,
+    /// HPAs and VPAs, for the warnings of the sidecars they skew.
+    hpas: Vec<HorizontalPodAutoscaler>,
+    vpas: Vec<Value>,
     notes: Vec<String>,
 }
 
@@ -67,6 +73,8 @@ impl Inputs {
                 self.cluster_policies.push(Parsed { at, object: *policy })
             }
             Document::Namespace(namespace) => self.namespaces.push(*namespace),
+            Document::HorizontalPodAutoscaler(hpa) => self.hpas.push(*hpa),
+            Document::VerticalPodAutoscaler(vpa) => self.vpas.push(*vpa),
             Document::Deployment(deployment) => {
                 return Some(Parsed {
                     at,
@@ -162,6 +170,8 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
         cluster_policies,
         mut deployments,
         namespaces,
+        hpas,
+        vpas,
         mut notes,
     } = Inputs::read(args, stdin)?;
 
@@ -176,6 +186,7 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
         .iter_mut()
         .map(|d| input::place(&mut d.object.metadata, namespace))
         .collect();
+    let autoscalers = index_autoscalers(&hpas, &vpas, namespace);
     input::check_unique_policies(&policies)?;
     input::check_unique_cluster_policies(&cluster_policies)?;
 
@@ -257,7 +268,8 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
     let mut rendered = Vec::new();
     for (parsed, had_namespace) in deployments.iter().zip(had_namespace) {
         let set = sets.get(namespace_of(&parsed.object)).unwrap_or(&no_policies);
-        match set.render(&parsed.object) {
+        let scaling = autoscalers.of(namespace_of(&parsed.object), &name_of(&parsed.object));
+        match set.render_with_autoscalers(&parsed.object, &scaling) {
             Ok(result) => {
                 push_unique(&mut warnings, result.warnings.iter().map(ToString::to_string));
                 let mut output = result.deployment;
@@ -316,6 +328,35 @@ pub fn run(args: &RenderArgs, stdin: impl Read) -> Result<Outcome, RenderError> 
         warnings,
         notes,
     })
+}
+
+/// The autoscalers of the input, those without a namespace in `namespace`.
+fn index_autoscalers(hpas: &[HorizontalPodAutoscaler], vpas: &[Value], namespace: &str) -> AutoscalerIndex {
+    let mut index = AutoscalerIndex::default();
+    for hpa in hpas {
+        let (ns, name) = (hpa.metadata.namespace.as_deref(), hpa.metadata.name.as_deref());
+        let ns = ns.filter(|ns| !ns.is_empty()).unwrap_or(namespace);
+        let facts = Hpa::of(hpa).map(Autoscaler::Hpa);
+        index.apply(autoscaling::Kind::Hpa, ns, name.unwrap_or_default(), facts);
+    }
+    for vpa in vpas {
+        let text = |pointer: &str| vpa.pointer(pointer).and_then(Value::as_str);
+        let ns = text("/metadata/namespace")
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(namespace);
+        let facts = Vpa::of(vpa).map(Autoscaler::Vpa);
+        index.apply(
+            autoscaling::Kind::Vpa,
+            ns,
+            text("/metadata/name").unwrap_or_default(),
+            facts,
+        );
+    }
+    index
+}
+
+fn name_of(deployment: &Deployment) -> String {
+    deployment.metadata.name.clone().unwrap_or_default()
 }
 
 fn namespace_of(deployment: &Deployment) -> &str {

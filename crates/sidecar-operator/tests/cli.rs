@@ -1077,3 +1077,34 @@ fn a_bad_flag_is_bad_input_not_a_refusal() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
 }
+
+#[test]
+fn render_warns_of_an_hpa_in_the_input_that_the_sidecars_skew() {
+    let f = Fixture::new();
+    let deployment = DEPLOYMENT.replace(
+        r#"- {name: web, image: "nginx:1.27"}"#,
+        r#"- {name: web, image: "nginx:1.27", resources: {requests: {cpu: 90m}}}"#,
+    );
+    let hpa = r#"apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  maxReplicas: 4
+  metrics:
+  - {type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}
+"#;
+    let input = f.file("app.yaml", &format!("{deployment}---\n{hpa}"));
+    let out = render(&f.file("p.yaml", POLICY), &input, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "warning: SidecarPolicy \"log-shipper\" spec.sidecars: sidecars \"shipper\" add 10m to the pod's 100m cpu requests: HorizontalPodAutoscaler \"web\" keeps cpu at 50% of them, so it now scales out at 50m of usage per pod instead of 45m"
+    );
+    // The HPA is read, not rendered: the output is the Deployment alone.
+    assert!(
+        !stdout(&out).contains("HorizontalPodAutoscaler"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -118,8 +118,49 @@ fn state() -> ClusterState {
         cluster_policies: Some(vec![mesh()]),
         namespaces: namespaces(),
         unreadable: vec![],
+        autoscalers: Default::default(),
         notes: vec![],
     }
+}
+
+/// HPA `name` of namespace demo keeping Deployment `target`'s average memory usage at 500Mi.
+fn memory_hpa(name: &str, target: &str) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "maxReplicas": 4,
+            "metrics": [{"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "500Mi"}}}]
+        }
+    })
+}
+
+#[test]
+fn a_change_that_gives_an_autoscaled_deployment_sidecars_warns_of_its_hpa() {
+    let mut state = state();
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(memory_hpa("db-hpa", "db")).unwrap();
+    let facts = sidecar_core::autoscaling::Hpa::of(&hpa).map(sidecar_core::autoscaling::Autoscaler::Hpa);
+    state
+        .autoscalers
+        .apply(sidecar_core::autoscaling::Kind::Hpa, "demo", "db-hpa", facts);
+    let changes = Changes {
+        policies: vec![shipper("busybox:1.36", &["web", "api", "worker", "db"])],
+        ..Changes::default()
+    };
+    // Warnings go to standard error, beside the plan.
+    let warned = plan(&state, &changes, &options()).warnings;
+    assert!(
+        warned.iter().any(|w| w.contains("HorizontalPodAutoscaler \"db-hpa\" keeps the pods' average memory usage at 500Mi, which now includes the usage of sidecars \"shipper\"")),
+        "{warned:?}"
+    );
+    // Without the HPA, the same change warns of nothing of the kind.
+    let warned = plan(&self::state(), &changes, &options()).warnings;
+    assert!(
+        warned.iter().all(|w| !w.contains("HorizontalPodAutoscaler")),
+        "{warned:?}"
+    );
 }
 
 #[test]
@@ -343,6 +384,30 @@ Live Deployment: up to date with the current policies.
 }
 
 #[test]
+fn explain_shows_the_warnings_of_the_deployments_autoscalers() {
+    let mut state = state();
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(memory_hpa("web-hpa", "web")).unwrap();
+    let facts = sidecar_core::autoscaling::Hpa::of(&hpa).map(sidecar_core::autoscaling::Autoscaler::Hpa);
+    state
+        .autoscalers
+        .apply(sidecar_core::autoscaling::Kind::Hpa, "demo", "web-hpa", facts);
+    let web = explain(&state, "demo", "web", &options()).unwrap();
+    assert!(
+        web.ends_with("Warnings:
+  ClusterSidecarPolicy \"mesh\" spec.sidecars: HorizontalPodAutoscaler \"web-hpa\" keeps the pods' average memory usage at 500Mi, which now includes the usage of sidecars \"proxy\"
+  SidecarPolicy \"shipper\" spec.sidecars: HorizontalPodAutoscaler \"web-hpa\" keeps the pods' average memory usage at 500Mi, which now includes the usage of sidecars \"shipper\"
+"),
+        "{web}"
+    );
+    let api = explain(&state, "demo", "api", &options()).unwrap();
+    assert!(
+        !api.contains("HorizontalPodAutoscaler"),
+        "another Deployment's HPA: {api}"
+    );
+}
+
+#[test]
 fn explain_says_what_is_pending_and_why_a_policy_does_not_select() {
     let state = state();
     let worker = explain(&state, "demo", "worker", &options()).unwrap();
@@ -480,6 +545,24 @@ async fn serve_fetch(mut handle: common::ApiHandle, cluster_crd: bool) -> Vec<St
                 ];
                 common::respond(send, &list("Namespace", items, None));
             }
+            "/apis/autoscaling/v2/horizontalpodautoscalers" => {
+                common::respond(
+                    send,
+                    &list(
+                        "HorizontalPodAutoscaler",
+                        vec![memory_hpa("web-hpa", "web")],
+                        None,
+                    ),
+                );
+            }
+            "/apis/autoscaling.k8s.io/v1/verticalpodautoscalers" => {
+                common::fail(
+                    send,
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                );
+            }
             other => panic!("unexpected request: GET {other}?{query}"),
         }
     }
@@ -502,9 +585,21 @@ async fn the_fetch_only_lists_pages_through_and_plans_what_the_memory_state_plan
             "/api/v1/namespaces?&limit=500",
             "/apis/apps/v1/deployments?&limit=500",
             "/apis/apps/v1/deployments?&limit=500&continue=page-2",
+            "/apis/autoscaling.k8s.io/v1/verticalpodautoscalers?&limit=500",
+            "/apis/autoscaling/v2/horizontalpodautoscalers?&limit=500",
             "/apis/sidecar.dev/v1alpha1/clustersidecarpolicies?&limit=500",
             "/apis/sidecar.dev/v1alpha1/sidecarpolicies?&limit=500",
         ]
+    );
+    assert_eq!(
+        fetched.autoscalers.of("demo", "web").hpas.len(),
+        1,
+        "the HPA is read"
+    );
+    assert!(
+        fetched.notes.is_empty(),
+        "VPAs not served: nothing to say: {:?}",
+        fetched.notes
     );
     assert_eq!(fetched.deployments.len(), 6);
     assert_eq!(
