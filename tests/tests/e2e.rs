@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
@@ -32,7 +33,7 @@ use sidecar_operator::controller;
 use support::cluster::{Cluster, TestNamespace, cluster, dump, example, install_crd, wait_for};
 use support::kstatus::kstatus;
 use support::operator::{
-    all_guardrails_off, event_writes, init_names, managers, operator_written, start_operator,
+    all_guardrails_off, event_writes, init_names, managers, operator_events, operator_written, start_operator,
 };
 
 #[tokio::test]
@@ -501,6 +502,109 @@ async fn flux_health_checks_read_a_policy_through_kstatus() {
         .unwrap();
     wait_for("kstatus Current once the clash is gone", || async {
         (health().await.0 == "Current").then_some(())
+    })
+    .await;
+    operator.abort();
+}
+
+#[tokio::test]
+async fn an_hpa_that_counts_the_sidecars_is_warned_of_on_the_deployment_and_in_the_policys_status() {
+    let Some(cluster) = cluster().await else { return };
+    let client = cluster.client.clone();
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&cluster, "autoscaled").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<SidecarPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    let owner = PatchParams::apply("e2e-owner");
+
+    let web = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": ns.name, "labels": {"app": "web"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27", "resources": {"requests": {"cpu": "90m"}}}]}
+            }
+        }
+    });
+    deployments
+        .patch("web", &owner, &Patch::Apply(&web))
+        .await
+        .unwrap();
+    // A real HPA object (the API server validates it; no metrics are needed for the warning).
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web", "namespace": ns.name},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "minReplicas": 1, "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        }
+    });
+    hpas.patch("web", &owner, &Patch::Apply(&hpa)).await.unwrap();
+
+    let operator = start_operator(&client, &ns.name, Guardrails::default()).await;
+    let policy = json!({
+        "apiVersion": "sidecar.dev/v1alpha1", "kind": "SidecarPolicy",
+        "metadata": {"name": "mesh", "namespace": ns.name},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "sidecars": [{
+                "name": "proxy", "image": "busybox:1.36",
+                "startupProbe": {"exec": {"command": ["true"]}},
+                "resources": {"requests": {"cpu": "10m"}}
+            }]
+        }
+    });
+    policies
+        .patch("mesh", &owner, &Patch::Apply(&policy))
+        .await
+        .unwrap();
+
+    let expected = "Deployment \"web\": spec.sidecars: sidecars \"proxy\" add 10m to the pod's 100m cpu requests: HorizontalPodAutoscaler \"web\" keeps cpu at 80% of them, so it now scales out at 80m of usage per pod instead of 72m";
+    let status = wait_for("a Warnings condition naming the HPA", || async {
+        let status = policies.get("mesh").await.ok()?.status?;
+        let warnings = status.conditions.iter().find(|c| c.type_ == "Warnings")?;
+        (warnings.message == expected).then_some(status.clone())
+    })
+    .await;
+    let warnings = status.conditions.iter().find(|c| c.type_ == "Warnings").unwrap();
+    assert_eq!(warnings.reason, "DeploymentWarnings");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "UpToDate"),
+        "injected, and the warning is not held against Ready"
+    );
+    assert_eq!(init_names(&deployments.get("web").await.unwrap()), ["proxy"]);
+    let event = wait_for("a SidecarWarnings Event on the Deployment", || async {
+        operator_events(&client, &ns.name)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SidecarWarnings"))
+    })
+    .await;
+    assert_eq!(event.regarding.as_ref().unwrap().name.as_deref(), Some("web"));
+    assert!(
+        event
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("HorizontalPodAutoscaler \"web\" keeps cpu at 80%"),
+        "{event:?}"
+    );
+
+    // The HPA goes: so does the warning.
+    hpas.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_for("the Warnings condition to go", || async {
+        let status = policies.get("mesh").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "Warnings")
+            .then_some(())
     })
     .await;
     operator.abort();
