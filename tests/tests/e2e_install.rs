@@ -26,10 +26,12 @@ use serde_json::{Value, json};
 use sidecar_api::{SidecarPolicy, conditions};
 
 mod support {
+    pub mod binary;
     pub mod cluster;
     pub mod control_plane;
     pub mod kustomize;
 }
+use support::binary::operator_binary;
 use support::cluster::{
     Cluster, TestNamespace, clean_up, client_from, cluster, dump, example, wait_for_quietly,
 };
@@ -467,20 +469,7 @@ impl Operator {
     const IDENTITY: &str = "sidecar-operator-e2e";
 
     fn start(install: &Install, objects: &[Value], kubeconfig: &Path) -> Self {
-        let binary = std::env::var_os("SIDECAR_E2E_OPERATOR_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let target = std::env::var_os("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-                target.join("debug/sidecar-operator")
-            });
-        assert!(
-            binary.exists(),
-            "{} does not exist: build it first (`cargo build -p sidecar-operator`; `just e2e` does), \
-             or set SIDECAR_E2E_OPERATOR_BIN",
-            binary.display()
-        );
+        let binary = operator_binary();
         let deployment: Deployment =
             serde_json::from_value(find(objects, "Deployment", "sidecar-operator").clone()).unwrap();
         let mut args = deployment.spec.template.spec.unwrap().containers[0]

@@ -19,10 +19,12 @@ use sidecar_operator::plan_cmd::{Changes, Options, Verdict, plan};
 use sidecar_operator::{cluster_state, explain_cmd};
 
 mod support {
+    pub mod binary;
     pub mod cluster;
     pub mod control_plane;
     pub mod operator;
 }
+use support::binary::operator_binary;
 use support::cluster::{TestNamespace, cluster, dump, install_crds, wait_for};
 use support::operator::{init_names, start_cluster_wide};
 
@@ -183,5 +185,33 @@ async fn the_plan_of_a_change_is_what_the_operator_then_does() {
     assert!(
         api.contains("  SidecarPolicy \"shipper\": selector needs app In (web, db) [app=api]\n"),
         "{api}"
+    );
+
+    // The commands as a user runs them, with the kubeconfig of the test's cluster: the same
+    // answers as the library functions above.
+    let kubeconfig = cluster.kubeconfig();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(operator_binary())
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code(), text(&output.stdout), text(&output.stderr))
+    };
+    let (code, stdout, stderr) = run(&["explain", "deployment", "web", "-n", n]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, text, "the binary explains as the library does");
+    let policy_file = std::env::temp_dir().join(format!("{n}-policy.yaml"));
+    std::fs::write(&policy_file, serde_json::to_string(&changed).unwrap()).unwrap();
+    let (code, stdout, stderr) = run(&["plan", "--policy", policy_file.to_str().unwrap(), "-n", n]);
+    std::fs::remove_file(&policy_file).unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "0 change, 0 refused, 3 unchanged\n", "{stderr}");
+    let (code, _, stderr) = run(&["explain", "deployment", "nowhere", "-n", n]);
+    assert_eq!(code, Some(1), "a Deployment that does not exist is bad input");
+    assert!(
+        stderr.contains(&format!("Deployment \"nowhere\" not found in namespace \"{n}\"")),
+        "{stderr}"
     );
 }
