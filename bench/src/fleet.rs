@@ -5,6 +5,7 @@
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -66,6 +67,23 @@ pub fn deployment(namespace: &str, i: usize, refused: bool) -> Value {
     })
 }
 
+/// A HorizontalPodAutoscaler for Deployment `i` of `namespace`, at 80% CPU utilization: the
+/// operator watches it and warns of the sidecar's share of the pod's requests.
+pub fn hpa(namespace: &str, i: usize) -> Value {
+    let name = format!("svc-{i:05}");
+    json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace, "labels": {FLEET_LABEL: "scale"}},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+        }
+    })
+}
+
 /// The policy of `namespace`, injecting the sidecar at `image`.
 pub fn policy(namespace: &str, image: &str) -> Value {
     json!({
@@ -118,6 +136,14 @@ pub async fn apply(client: &Client, object: Value) -> Result<(), Error> {
             Api::<Deployment>::namespaced(client.clone(), namespace.as_deref().unwrap_or_default())
                 .patch(&name, &params, &Patch::Apply(&object))
                 .await?;
+        }
+        Some("HorizontalPodAutoscaler") => {
+            Api::<HorizontalPodAutoscaler>::namespaced(
+                client.clone(),
+                namespace.as_deref().unwrap_or_default(),
+            )
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await?;
         }
         Some("SidecarPolicy") => {
             Api::<SidecarPolicy>::namespaced(client.clone(), namespace.as_deref().unwrap_or_default())

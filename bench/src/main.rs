@@ -98,6 +98,10 @@ struct Args {
     /// `--max-concurrent` Deployment rollouts, `--repeat` times. Needs kube-controller-manager.
     #[arg(long, conflicts_with = "hold")]
     rollout: bool,
+    /// Give every Deployment an HPA (autoscaling/v2, CPU utilization): the operator watches them
+    /// and warns of the sidecar's share of the requests (an Event per Deployment when it starts).
+    #[arg(long, conflicts_with_all = ["hold", "rollout"])]
+    hpa: bool,
     /// With `--rollout`: the policy's `spec.rollout.maxConcurrent`, and the size of a wave.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent: u16,
@@ -167,10 +171,17 @@ async fn run(args: &Args) -> Result<(), Error> {
     let patience = Duration::from_secs(300) + Duration::from_millis(100 * n as u64);
 
     println!(
-        "scale: {n} Deployments per layout ({refused} refused), concurrency {}, API server {}",
-        args.concurrency, version.git_version
+        "scale: {n} Deployments per layout ({refused} refused), concurrency {}, {}API server {}",
+        args.concurrency,
+        if args.hpa { "an HPA per Deployment, " } else { "" },
+        version.git_version
     );
-    set_up(&client, &one, &spread, &bare_ns, n, refused, concurrency).await?;
+    let layouts = Layouts {
+        one: &one,
+        spread: &spread,
+        bare: &bare_ns,
+    };
+    set_up(&client, &layouts, n, refused, concurrency, args.hpa).await?;
     let progress = Progress::watch(&client);
     for layout in [&one, &spread, &bare_ns] {
         progress
@@ -380,15 +391,22 @@ async fn bare(
 
 /// Namespaces, the CRD, and the Deployments of every layout (the harness's own writes, before
 /// any measurement).
+/// The namespaces of each layout of a run.
+struct Layouts<'a> {
+    one: &'a [String],
+    spread: &'a [String],
+    bare: &'a [String],
+}
+
 async fn set_up(
     client: &Client,
-    one: &[String],
-    spread: &[String],
-    bare: &[String],
+    layouts: &Layouts<'_>,
     n: usize,
     refused: usize,
     concurrency: usize,
+    hpa: bool,
 ) -> Result<(), Error> {
+    let Layouts { one, spread, bare } = *layouts;
     install_crd(client).await?;
     for namespace in one.iter().chain(spread).chain(bare) {
         fleet::apply(client, fleet::namespace(namespace)).await?;
@@ -408,10 +426,18 @@ async fn set_up(
         objects.extend([fleet::deployment(namespace, i, i >= n - refused)]);
     }
     objects.extend((0..n).map(|i| fleet::deployment(&bare[0], i, false)));
+    if hpa {
+        // Every layout, so that kube-controller-manager's HPA status writes load the API server
+        // the same for the bare client as for the operator.
+        objects.extend((0..n).map(|i| fleet::hpa(&one[0], i)));
+        objects.extend((0..n).map(|i| fleet::hpa(&spread[i % spread.len()], i)));
+        objects.extend((0..n).map(|i| fleet::hpa(&bare[0], i)));
+    }
     let start = Instant::now();
+    let count = objects.len();
     fleet::apply_all(client, objects, concurrency).await?;
     println!(
-        "set-up: {} Deployments created in {:.1} s",
+        "set-up: {count} objects ({} Deployments) created in {:.1} s",
         3 * n,
         start.elapsed().as_secs_f64()
     );
