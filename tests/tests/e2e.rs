@@ -227,11 +227,42 @@ async fn conflicts_are_reported_and_idle_means_no_writes() {
         dump(&client, &ns.name).await
     );
 
-    // The refusal's Events, on the Deployment and on the policy, follow it from the background.
-    wait_for("the refusal's two Events", || async {
-        (event_writes(&client, &ns.name).await == 2).then_some(())
+    // The refusal's Events, on the Deployment and on the policy, follow it from the background;
+    // and one for the warning of the Deployment's render: the policy's appContainers entry names
+    // the container that was renamed.
+    wait_for("the refusal's two Events and the warning's", || async {
+        (event_writes(&client, &ns.name).await == 3).then_some(())
     })
     .await;
+    let mut reasons: Vec<(String, String)> = operator_events(&client, &ns.name)
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.regarding.and_then(|r| r.kind).unwrap_or_default(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("Conflict".to_owned(), "Deployment".to_owned()),
+            ("Conflict".to_owned(), "SidecarPolicy".to_owned()),
+            ("SidecarWarnings".to_owned(), "Deployment".to_owned()),
+        ]
+    );
+    let warned = operator_events(&client, &ns.name)
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("SidecarWarnings"))
+        .and_then(|e| e.note)
+        .unwrap_or_default();
+    assert!(
+        warned.contains("the Deployment has no container \"shop\"; this entry skips it"),
+        "{warned}"
+    );
 
     // Idle: nothing changes, so nothing is written: not the Deployment, not the policy's status,
     // not one Event. What the operator could have written is compared, not resourceVersions:

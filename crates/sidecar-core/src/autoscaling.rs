@@ -138,6 +138,12 @@ pub struct Autoscalers {
     pub vpas: Vec<Vpa>,
 }
 
+impl Autoscalers {
+    pub fn is_empty(&self) -> bool {
+        self.hpas.is_empty() && self.vpas.is_empty()
+    }
+}
+
 /// An autoscaler of either kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Autoscaler {

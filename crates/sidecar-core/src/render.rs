@@ -323,17 +323,29 @@ impl PolicySet {
         autoscalers: &Autoscalers,
     ) -> Result<Rendered, Refusal> {
         let mut rendered = self.render(deployment)?;
-        if autoscalers.hpas.is_empty() && autoscalers.vpas.is_empty() {
+        if autoscalers.is_empty() {
             return Ok(rendered);
         }
         let owner = DeploymentFacts::of(deployment).owner;
-        let sidecars = self.injected_sidecars(&rendered.record);
-        rendered
-            .warnings
-            .extend(autoscaling::warnings(&owner, &sidecars, autoscalers));
+        let skewed = self.autoscaler_warnings(&owner, &rendered.record, autoscalers);
+        rendered.warnings.extend(skewed);
         rendered.warnings.sort();
         rendered.warnings.dedup();
         Ok(rendered)
+    }
+
+    /// What `autoscalers` make of the sidecars `record` injects (with this set's policies) into a
+    /// Deployment whose owner's pod template is `owner` (see [`crate::autoscaling`]).
+    pub fn autoscaler_warnings(
+        &self,
+        owner: &PodFacts,
+        record: &InjectionRecord,
+        autoscalers: &Autoscalers,
+    ) -> Vec<Warning> {
+        if autoscalers.is_empty() {
+            return Vec::new();
+        }
+        autoscaling::warnings(owner, &self.injected_sidecars(record), autoscalers)
     }
 
     /// The selected policies' injection into the Deployment with `metadata`, whose owner's pod

@@ -12,7 +12,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidecar_api::SidecarPolicy;
-use sidecar_core::autoscaling;
 use sidecar_core::outcome::{Outcome, State};
 use sidecar_core::rollout::Progress;
 use sidecar_core::status::reasons;
@@ -269,9 +268,8 @@ fn deployment_warnings(
 ) -> Vec<Warning> {
     let mut warnings = set.deployment_warnings(&plan.warnings);
     let autoscalers = ctx.autoscalers_of(view.namespace(), view.name());
-    if !autoscalers.hpas.is_empty() || !autoscalers.vpas.is_empty() {
-        let sidecars = set.injected_sidecars(&plan.record);
-        warnings.extend(autoscaling::warnings(&facts.owner, &sidecars, &autoscalers));
+    if !autoscalers.is_empty() {
+        warnings.extend(set.autoscaler_warnings(&facts.owner, &plan.record, &autoscalers));
         warnings.sort();
         warnings.dedup();
     }
