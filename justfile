@@ -36,6 +36,13 @@ e2e *filter:
     cargo build --package sidecar-operator --locked
     cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_hold --test e2e_rollout --test e2e_cluster --test e2e_plan --test e2e_install --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
 
+# The chaos run (not part of `test`): a throwaway control plane from KUBEBUILDER_ASSETS (with
+# kube-controller-manager), two operator replicas, and a storm of kills, API server restarts and a
+# network cut; then every Deployment and status is checked (docs/reliability.md).
+chaos seed="20261202" steps="300":
+    cargo build --package sidecar-operator --locked
+    SIDECAR_CHAOS=1 SIDECAR_CHAOS_SEED={{seed}} SIDECAR_CHAOS_STEPS={{steps}} cargo test --package sidecar-tests --test chaos --locked -- --nocapture
+
 # Run the operator against the current kubeconfig's cluster (install the CRD first: `just install-crd`).
 run *args:
     {{operator}} run {{args}}

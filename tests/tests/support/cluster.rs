@@ -49,6 +49,11 @@ impl Cluster {
         self.controllers
     }
 
+    /// The throwaway control plane, if the test runs against one (not a shared cluster).
+    pub fn control_plane(&mut self) -> Option<&mut ControlPlane> {
+        self.control_plane.as_mut()
+    }
+
     /// The kubeconfig file of this cluster, for a process the test starts.
     pub fn kubeconfig(&self) -> std::path::PathBuf {
         match (&self.shared_kubeconfig, &self.control_plane) {

@@ -6,6 +6,8 @@
 //! status, namespaces are cleaned up and owned objects garbage-collected. No kubelet runs, so
 //! Pods stay Pending unless a test acts as the node.
 
+#![allow(dead_code)] // each test file uses part of it
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +19,11 @@ pub struct ControlPlane {
     apiserver: Child,
     controller_manager: Option<Child>,
     pub kubeconfig: PathBuf,
+    /// The API server's port on 127.0.0.1.
+    pub api_port: u16,
+    /// How etcd and kube-apiserver were started, to start them again (see `restart`).
+    etcd_command: Vec<String>,
+    apiserver_command: Vec<String>,
 }
 
 const TOKEN: &str = "sidecar-e2e-admin-token";
@@ -33,21 +40,19 @@ impl ControlPlane {
         .unwrap();
 
         let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
-        let etcd = Command::new(assets.join("etcd"))
-            .args([
-                "--name=e2e".to_owned(),
-                format!("--data-dir={}", d.join("etcd").display()),
-                format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-cluster=e2e=http://127.0.0.1:{peer_port}"),
-                "--unsafe-no-fsync=true".to_owned(),
-            ])
-            .stdout(log(d, "etcd.log"))
-            .stderr(log(d, "etcd.log"))
-            .spawn()
-            .expect("etcd from KUBEBUILDER_ASSETS starts");
+        let etcd_command = [
+            assets.join("etcd").display().to_string(),
+            "--name=e2e".to_owned(),
+            format!("--data-dir={}", d.join("etcd").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster=e2e=http://127.0.0.1:{peer_port}"),
+            "--unsafe-no-fsync=true".to_owned(),
+        ]
+        .to_vec();
+        let etcd = spawn(&etcd_command, d, "etcd.log");
         let file = |name: &str| d.join(name).display().to_string();
         let kubeconfig = d.join("kubeconfig");
         std::fs::write(
@@ -58,28 +63,26 @@ impl ControlPlane {
             ),
         )
         .unwrap();
-        let apiserver = Command::new(assets.join("kube-apiserver"))
-            .args([
-                format!("--etcd-servers=http://127.0.0.1:{client_port}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                "--advertise-address=127.0.0.1".to_owned(),
-                format!("--secure-port={api_port}"),
-                format!("--tls-cert-file={}", file("apiserver.crt")),
-                format!("--tls-private-key-file={}", file("apiserver.key")),
-                format!("--token-auth-file={}", file("tokens.csv")),
-                "--authorization-mode=RBAC".to_owned(),
-                format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-                format!("--service-account-key-file={}", file("sa.pub")),
-                format!("--service-account-signing-key-file={}", file("sa.key")),
-                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-                // Nothing creates service accounts without a controller manager.
-                "--disable-admission-plugins=ServiceAccount".to_owned(),
-                "--allow-privileged=true".to_owned(),
-            ])
-            .stdout(log(d, "kube-apiserver.log"))
-            .stderr(log(d, "kube-apiserver.log"))
-            .spawn()
-            .expect("kube-apiserver from KUBEBUILDER_ASSETS starts");
+        let apiserver_command = [
+            assets.join("kube-apiserver").display().to_string(),
+            format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--secure-port={api_port}"),
+            format!("--tls-cert-file={}", file("apiserver.crt")),
+            format!("--tls-private-key-file={}", file("apiserver.key")),
+            format!("--token-auth-file={}", file("tokens.csv")),
+            "--authorization-mode=RBAC".to_owned(),
+            format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+            format!("--service-account-key-file={}", file("sa.pub")),
+            format!("--service-account-signing-key-file={}", file("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            // Nothing creates service accounts without a controller manager.
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+            "--allow-privileged=true".to_owned(),
+        ]
+        .to_vec();
+        let apiserver = spawn(&apiserver_command, d, "kube-apiserver.log");
         // It retries until the API server answers, so it can start at once.
         let controller_manager = assets.join("kube-controller-manager").exists().then(|| {
             Command::new(assets.join("kube-controller-manager"))
@@ -104,7 +107,23 @@ impl ControlPlane {
             apiserver,
             controller_manager,
             kubeconfig,
+            api_port,
+            etcd_command,
+            apiserver_command,
         }
+    }
+
+    /// Kills kube-apiserver and etcd (SIGKILL, as a crash would) and starts them again on the
+    /// same ports and data: what every client sees as the API server going away and coming back.
+    /// kube-controller-manager keeps running and reconnects.
+    pub fn restart(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let d = self.dir.path();
+        self.etcd = spawn(&self.etcd_command, d, "etcd.log");
+        self.apiserver = spawn(&self.apiserver_command, d, "kube-apiserver.log");
     }
 
     /// Whether kube-controller-manager runs beside the API server.
@@ -156,6 +175,16 @@ impl Drop for ControlPlane {
             let _ = child.wait();
         }
     }
+}
+
+/// Starts `command` (the binary, then its arguments), logging to `log_name` in `dir`.
+fn spawn(command: &[String], dir: &Path, log_name: &str) -> Child {
+    Command::new(&command[0])
+        .args(&command[1..])
+        .stdout(log(dir, log_name))
+        .stderr(log(dir, log_name))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} from KUBEBUILDER_ASSETS starts: {e}", command[0]))
 }
 
 fn log(dir: &Path, name: &str) -> Stdio {
