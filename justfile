@@ -34,7 +34,7 @@ test:
 # --no-fail-fast: a failing test file does not hide the others' results.
 e2e *filter:
     cargo build --package sidecar-operator --locked
-    cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_hold --test e2e_rollout --test e2e_cluster --test e2e_plan --test e2e_install --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
+    cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_hold --test e2e_rollout --test e2e_cluster --test e2e_plan --test e2e_install --test e2e_corpus --test e2e_security --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
 
 # Run the operator against the current kubeconfig's cluster (install the CRD first: `just install-crd`).
 run *args:
