@@ -294,10 +294,14 @@ pub fn split(source: &SourceName, text: &str) -> Result<Split, InputError> {
             index: i + 1,
             items: Vec::new(),
         };
-        let value = Value::deserialize(document).map_err(|source| InputError::Yaml {
-            at: at.clone(),
-            source,
-        })?;
+        // Through serde_norway's own Value first: it refuses a key given twice in one mapping,
+        // as the API server's YAML decoder does; serde_json's Value would keep the last one.
+        let value = serde_norway::Value::deserialize(document)
+            .and_then(|yaml| serde_json::to_value(yaml).map_err(serde::de::Error::custom))
+            .map_err(|source| InputError::Yaml {
+                at: at.clone(),
+                source,
+            })?;
         split.add(at, value)?;
     }
     Ok(split)
@@ -717,6 +721,17 @@ mod tests {
             error(&POLICY.replace("{name: p}", "{namespace: x}")),
             "in.yaml document 1: sidecar.dev/v1alpha1 SidecarPolicy has no metadata.name"
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error() {
+        let err =
+            error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {x: '1'}\ndata: {y: '2'}\n");
+        assert!(err.starts_with("in.yaml document 1: invalid YAML"), "{err}");
+        assert!(err.contains(r#"duplicate entry with key "data""#), "{err}");
+        // Keys that are numbers or booleans in YAML stay keys, as before.
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {1: one, true: yes}\n";
+        assert!(split(&source(), text).is_ok());
     }
 
     #[test]
