@@ -40,7 +40,7 @@ pub enum InputError {
     },
     #[error("{at} is not a Kubernetes object (it needs an apiVersion and a kind)")]
     NotAnObject { at: DocumentRef },
-    #[error("{at} is a {found}; render reads {expected} only")]
+    #[error("{at} is a {found}; sidecar-operator reads {expected} only")]
     UnsupportedVersion {
         at: DocumentRef,
         found: String,
@@ -612,11 +612,11 @@ mod tests {
 
         assert_eq!(
             error(&DEPLOYMENT.replace("apps/v1", "apps/v1beta2")),
-            "in.yaml document 1 is a apps/v1beta2 Deployment; render reads apps/v1 Deployment only"
+            "in.yaml document 1 is a apps/v1beta2 Deployment; sidecar-operator reads apps/v1 Deployment only"
         );
         assert_eq!(
             error(&POLICY.replace("v1alpha1", "v1")),
-            "in.yaml document 1 is a sidecar.dev/v1 SidecarPolicy; render reads sidecar.dev/v1alpha1 SidecarPolicy only"
+            "in.yaml document 1 is a sidecar.dev/v1 SidecarPolicy; sidecar-operator reads sidecar.dev/v1alpha1 SidecarPolicy only"
         );
     }
 

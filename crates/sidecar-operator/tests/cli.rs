@@ -208,7 +208,7 @@ fn another_version_of_a_read_kind_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(
-            "{} document 1 is a apps/v1beta2 Deployment; render reads apps/v1 Deployment only",
+            "{} document 1 is a apps/v1beta2 Deployment; sidecar-operator reads apps/v1 Deployment only",
             d.display()
         )),
         "{}",
