@@ -6,29 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const POLICY: &str = r#"apiVersion: sidecar.dev/v1alpha1
-kind: SidecarPolicy
-metadata: {name: log-shipper}
-spec:
-  selector: {matchLabels: {app: web}}
-  sidecars:
-  - name: shipper
-    image: busybox:1.36
-    startupProbe: {exec: {command: ["true"]}}
-    resources: {requests: {cpu: 10m}}
-"#;
-
-const DEPLOYMENT: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, labels: {app: web}}
-spec:
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - {name: web, image: "nginx:1.27"}
-"#;
+#[path = "common/inputs.rs"]
+mod inputs;
+use inputs::{DEPLOYMENT, POLICY};
 
 struct Fixture {
     dir: tempfile::TempDir,
