@@ -34,7 +34,7 @@ test:
 # --no-fail-fast: a failing test file does not hide the others' results.
 e2e *filter:
     cargo build --package sidecar-operator --locked
-    cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_hold --test e2e_rollout --test e2e_cluster --test e2e_plan --test e2e_install --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
+    cargo test --package sidecar-tests --test e2e --test e2e_fleet --test e2e_hold --test e2e_rollout --test e2e_cluster --test e2e_plan --test e2e_install --test e2e_corpus --test e2e_security --locked --no-fail-fast -- --nocapture --test-threads=1 {{filter}}
 
 # The chaos run (not part of `test`): a throwaway control plane from KUBEBUILDER_ASSETS (with
 # kube-controller-manager), two operator replicas, and a storm of kills, API server restarts and a

@@ -12,12 +12,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assertion is what a test is for
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet};
-use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sidecar_api::{ClusterSidecarPolicy, HELD_FOR_ANNOTATION};
 use sidecar_core::Guardrails;
@@ -29,11 +26,12 @@ mod support {
     pub mod hold;
     pub mod kustomize;
     pub mod operator;
+    pub mod rbac;
 }
 use support::cluster::{Cluster, TestNamespace, clean_up, cluster, install_crds, wait_for};
 use support::hold::{apply_hold_file, template_inits};
-use support::kustomize::{deploy_dir, documents};
 use support::operator::{init_names, start_cluster_wide};
+use support::rbac::{can_i, editor};
 
 /// A name unique to this test run, for cluster-scoped objects and label keys.
 fn unique(test: &str) -> String {
@@ -249,31 +247,6 @@ async fn labelling_a_namespace_injects_and_unlabelling_restores_exactly() {
     assert_eq!(ready.reason, "NoMatchingDeployments", "{status:?}");
 }
 
-/// A client that acts as `user` (impersonation, as `kubectl --as`).
-async fn client_as(cluster: &Cluster, user: &str) -> Client {
-    let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(user.to_owned());
-    Client::try_from(config).unwrap()
-}
-
-/// `kubectl auth can-i VERB RESOURCE [-n NAMESPACE]` as the client's user.
-async fn can_i(client: &Client, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
-    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SelfSubjectAccessReview",
-        "spec": {"resourceAttributes": {
-            "group": "sidecar.dev", "resource": resource, "verb": verb, "namespace": namespace,
-        }},
-    }))
-    .unwrap();
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let reviewed = api.create(&PostParams::default(), &review).await.unwrap();
-    reviewed.status.is_some_and(|s| s.allowed)
-}
-
 #[tokio::test]
 async fn a_namespace_editor_may_write_sidecar_policies_there_and_no_cluster_policy() {
     let Some(cluster) = cluster().await else { return };
@@ -285,38 +258,8 @@ async fn a_namespace_editor_may_write_sidecar_policies_there_and_no_cluster_poli
     install_crds(&client).await;
     let own = TestNamespace::create(&cluster, "rbac-own").await;
     let other = TestNamespace::create(&cluster, "rbac-other").await;
-    let path = deploy_dir().join("base/user-roles.yaml");
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    for role in documents(&std::fs::read_to_string(path).unwrap()) {
-        let name = role["metadata"]["name"].as_str().unwrap().to_owned();
-        roles
-            .patch(
-                &name,
-                &PatchParams::apply("sidecar-e2e").force(),
-                &Patch::Apply(&role),
-            )
-            .await
-            .unwrap();
-    }
     let user = unique("alice");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "alice-edit", "namespace": own.name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), &own.name)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-
-    let alice = client_as(&cluster, &user).await;
-    wait_for("edit to include SidecarPolicies (aggregation)", || async {
-        can_i(&alice, "create", "sidecarpolicies", Some(&own.name))
-            .await
-            .then_some(())
-    })
-    .await;
+    let alice = editor(&cluster, &user, &own.name).await;
     assert!(can_i(&alice, "delete", "sidecarpolicies", Some(&own.name)).await);
     assert!(
         !can_i(&alice, "create", "sidecarpolicies", Some(&other.name)).await,

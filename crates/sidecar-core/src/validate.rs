@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sidecar_api::schema::{
     DNS_LABEL_MAX, MAX_APP_PATCHES, MAX_INIT_CONTAINERS, MAX_LIST_ITEMS, MAX_SIDECARS, MAX_VOLUMES,
@@ -31,6 +32,7 @@ pub(crate) fn problems(policy: &SidecarPolicy, name: &str) -> Vec<Problem> {
     if let Err(e) = selector::validate(&spec.selector) {
         out.push(format!("spec.selector.{}", e.field()), e.to_string());
     }
+    selector_labels(&spec.selector, "spec.selector", &mut out);
     if !ORDER_RANGE.contains(&spec.order) {
         out.push(
             "spec.order",
@@ -186,13 +188,48 @@ fn rollout_problems(rollout: &Rollout, out: &mut Problems<'_>) {
             ),
         );
     }
-    if let Some(canary) = &rollout.canary
-        && let Err(e) = selector::validate(&canary.selector)
-    {
-        out.push(
-            format!("spec.rollout.canary.selector.{}", e.field()),
-            e.to_string(),
-        );
+    if let Some(canary) = &rollout.canary {
+        if let Err(e) = selector::validate(&canary.selector) {
+            out.push(
+                format!("spec.rollout.canary.selector.{}", e.field()),
+                e.to_string(),
+            );
+        }
+        selector_labels(&canary.selector, "spec.rollout.canary.selector", out);
+    }
+}
+
+/// Label keys and values in a selector that no object can carry. The CRD does not check them,
+/// and such a selector is not malformed (it is evaluated: it matches nothing, or with `NotIn`
+/// everything), so without this a typo such as `app: "web server"` would leave a policy quietly
+/// matching nothing, reported as `Ready`.
+fn selector_labels(selector: &LabelSelector, path: &str, out: &mut Problems<'_>) {
+    let no_object = "; no object can have such a label";
+    for (key, value) in selector.match_labels.iter().flatten() {
+        let field = format!("{path}.matchLabels[{key:?}]");
+        if let Err(e) = qualified_name(key) {
+            out.push(field.clone(), format!("label key {key:?} {e}{no_object}"));
+        }
+        if let Err(e) = label_value(value) {
+            out.push(field, format!("label value {value:?} {e}{no_object}"));
+        }
+    }
+    for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
+        let key = &requirement.key;
+        if let Err(e) = qualified_name(key) {
+            out.push(
+                format!("{path}.matchExpressions[{i}].key"),
+                format!("label key {key:?} {e}{no_object}"),
+            );
+        }
+        for (j, value) in requirement.values.iter().flatten().enumerate() {
+            if let Err(e) = label_value(value) {
+                out.push(
+                    format!("{path}.matchExpressions[{i}].values[{j}]"),
+                    format!("label value {value:?} {e}{no_object}"),
+                );
+            }
+        }
     }
 }
 
@@ -362,6 +399,51 @@ fn unpinned(image: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selector_labels_no_object_can_have_are_problems() {
+        let with_selector = |selector: serde_json::Value| -> Vec<String> {
+            let policy: SidecarPolicy = serde_json::from_value(serde_json::json!({
+                "apiVersion": "sidecar.dev/v1alpha1", "kind": "SidecarPolicy",
+                "metadata": {"name": "p", "namespace": "ns"},
+                "spec": {"selector": selector, "sidecars": [{"name": "s", "image": "s:1"}]},
+            }))
+            .unwrap();
+            problems(&policy, "p")
+                .iter()
+                .map(Problem::field_message)
+                .collect()
+        };
+        let good = serde_json::json!({
+            "matchLabels": {"app": "web", "example.com/tier": ""},
+            "matchExpressions": [{"key": "track", "operator": "NotIn", "values": ["canary"]}],
+        });
+        assert_eq!(with_selector(good), Vec::<String>::new());
+        let found = with_selector(serde_json::json!({"matchLabels": {"app!": "web server"}}));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with(r#"spec.selector.matchLabels["app!"]: label key "app!" must be"#),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains(r#"label value "web server" must be"#),
+            "{found:?}"
+        );
+        assert!(found[1].ends_with("no object can have such a label"), "{found:?}");
+        let found = with_selector(serde_json::json!({
+            "matchExpressions": [{"key": "-tier", "operator": "NotIn", "values": ["ok", "not ok"]}],
+        }));
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| f.split(':').next().unwrap())
+                .collect::<Vec<_>>(),
+            [
+                "spec.selector.matchExpressions[0].key",
+                "spec.selector.matchExpressions[0].values[1]"
+            ]
+        );
+    }
 
     #[test]
     fn rollout_settings_follow_the_schema() {

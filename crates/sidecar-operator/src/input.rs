@@ -40,7 +40,7 @@ pub enum InputError {
     },
     #[error("{at} is not a Kubernetes object (it needs an apiVersion and a kind)")]
     NotAnObject { at: DocumentRef },
-    #[error("{at} is a {found}; render reads {expected} only")]
+    #[error("{at} is a {found}; sidecar-operator reads {expected} only")]
     UnsupportedVersion {
         at: DocumentRef,
         found: String,
@@ -294,10 +294,14 @@ pub fn split(source: &SourceName, text: &str) -> Result<Split, InputError> {
             index: i + 1,
             items: Vec::new(),
         };
-        let value = Value::deserialize(document).map_err(|source| InputError::Yaml {
-            at: at.clone(),
-            source,
-        })?;
+        // Through serde_norway's own Value first: it refuses a key given twice in one mapping,
+        // as the API server's YAML decoder does; serde_json's Value would keep the last one.
+        let value = serde_norway::Value::deserialize(document)
+            .and_then(|yaml| serde_json::to_value(yaml).map_err(serde::de::Error::custom))
+            .map_err(|source| InputError::Yaml {
+                at: at.clone(),
+                source,
+            })?;
         split.add(at, value)?;
     }
     Ok(split)
@@ -608,11 +612,11 @@ mod tests {
 
         assert_eq!(
             error(&DEPLOYMENT.replace("apps/v1", "apps/v1beta2")),
-            "in.yaml document 1 is a apps/v1beta2 Deployment; render reads apps/v1 Deployment only"
+            "in.yaml document 1 is a apps/v1beta2 Deployment; sidecar-operator reads apps/v1 Deployment only"
         );
         assert_eq!(
             error(&POLICY.replace("v1alpha1", "v1")),
-            "in.yaml document 1 is a sidecar.dev/v1 SidecarPolicy; render reads sidecar.dev/v1alpha1 SidecarPolicy only"
+            "in.yaml document 1 is a sidecar.dev/v1 SidecarPolicy; sidecar-operator reads sidecar.dev/v1alpha1 SidecarPolicy only"
         );
     }
 
@@ -717,6 +721,17 @@ mod tests {
             error(&POLICY.replace("{name: p}", "{namespace: x}")),
             "in.yaml document 1: sidecar.dev/v1alpha1 SidecarPolicy has no metadata.name"
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error() {
+        let err =
+            error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {x: '1'}\ndata: {y: '2'}\n");
+        assert!(err.starts_with("in.yaml document 1: invalid YAML"), "{err}");
+        assert!(err.contains(r#"duplicate entry with key "data""#), "{err}");
+        // Keys that are numbers or booleans in YAML stay keys, as before.
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {1: one, true: yes}\n";
+        assert!(split(&source(), text).is_ok());
     }
 
     #[test]

@@ -6,29 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const POLICY: &str = r#"apiVersion: sidecar.dev/v1alpha1
-kind: SidecarPolicy
-metadata: {name: log-shipper}
-spec:
-  selector: {matchLabels: {app: web}}
-  sidecars:
-  - name: shipper
-    image: busybox:1.36
-    startupProbe: {exec: {command: ["true"]}}
-    resources: {requests: {cpu: 10m}}
-"#;
-
-const DEPLOYMENT: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, labels: {app: web}}
-spec:
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - {name: web, image: "nginx:1.27"}
-"#;
+#[path = "common/inputs.rs"]
+mod inputs;
+use inputs::{DEPLOYMENT, POLICY};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -208,7 +188,7 @@ fn another_version_of_a_read_kind_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(
-            "{} document 1 is a apps/v1beta2 Deployment; render reads apps/v1 Deployment only",
+            "{} document 1 is a apps/v1beta2 Deployment; sidecar-operator reads apps/v1 Deployment only",
             d.display()
         )),
         "{}",
