@@ -5,8 +5,9 @@
 //!
 //! A throwaway control plane (it must be restartable) holds 200 Deployments over five namespaces,
 //! SidecarPolicies in each, a ClusterSidecarPolicy for the namespaces labelled `mesh: enabled`,
-//! and the admission hold. Two replicas of the built operator run with leader election and reach
-//! the API server through a TCP proxy the run can cut. Then a storm, seeded: every step creates,
+//! and the admission hold. One Deployment in five runs a replica (the test acts as the node), so
+//! policy changes reach those in stages. Two replicas of the built operator run with leader
+//! election and reach the API server through a TCP proxy the run can cut. Then a storm, seeded: every step creates,
 //! edits or deletes a Deployment or a policy, or relabels a namespace, and at steps drawn at
 //! random an operator replica is SIGKILLed (50 times), the leader is (10 times), kube-apiserver
 //! and etcd are killed and restarted (5 times), and the operators' network is cut for 30 s (once).
@@ -41,12 +42,14 @@ mod support {
     pub mod control_plane;
     pub mod hold;
     pub mod kustomize;
+    pub mod node;
     pub mod proxy;
 }
 use support::binary::operator_binary;
 use support::cluster::{cluster, install_crds};
-use support::control_plane::free_port;
+use support::control_plane::{free_port, tail};
 use support::hold::apply_hold_file;
+use support::node::start_node;
 use support::proxy::Proxy;
 
 const NAMESPACES: usize = 5;
@@ -54,6 +57,8 @@ const DEPLOYMENTS: usize = 200;
 const OPERATOR_NAMESPACE: &str = "chaos-system";
 const OWNER: &str = "chaos-owner";
 const TIERS: [&str; 3] = ["web", "api", "batch"];
+/// One Deployment in this many runs a replica.
+const RUNNING: usize = 5;
 
 /// The faults of a run, by kind.
 const OPERATOR_KILLS: usize = 50;
@@ -88,6 +93,11 @@ async fn the_operator_converges_after_a_storm_of_faults() {
     apply_hold_file(&client, "admission-policy.yaml").await;
     apply_hold_file(&client, "cluster-admission-policy.yaml").await;
 
+    // The test acts as the node, so that the Deployments with a replica roll out, and a policy
+    // change reaches them in stages.
+    let _nodes: Vec<_> = (0..NAMESPACES)
+        .map(|i| start_node(&client, &namespace(i)))
+        .collect();
     let mut world = World::new(client.clone(), seed);
     world.set_up().await;
     let api_port = cluster.control_plane().unwrap().api_port;
@@ -341,12 +351,9 @@ impl Operators {
     fn logs(&self) -> String {
         (0..self.replicas.len())
             .map(|i| {
-                let text =
-                    std::fs::read_to_string(self.logs.join(format!("operator-{i}.log"))).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
                 format!(
                     "--- operator {i}\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    tail(&self.logs.join(format!("operator-{i}.log")), 30)
                 )
             })
             .collect::<Vec<_>>()
@@ -514,18 +521,20 @@ impl World {
         })
     }
 
-    fn deployment(namespace: &str, name: &str, tier: &str, mode: usize) -> Value {
+    /// Deployment `name`; one in `RUNNING` has a replica (the rest none, so that 200 of them
+    /// stay light).
+    fn deployment(namespace: &str, name: &str, tier: &str, replicas: i32) -> Value {
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": namespace, "labels": {"app": name, "tier": tier}},
             "spec": {
-                "replicas": 0,
+                "replicas": replicas,
                 "selector": {"matchLabels": {"app": name}},
                 "template": {
                     "metadata": {"labels": {"app": name}},
                     "spec": {"containers": [{
                         "name": "app", "image": "nginx:1.27",
-                        "env": [{"name": "MODE", "value": format!("m{mode}")}],
+                        "env": [{"name": "MODE", "value": "m0"}],
                         "resources": {"requests": {"cpu": "100m"}},
                     }]}
                 }
@@ -537,7 +546,8 @@ impl World {
         let name = format!("svc-{:04}", self.next_deployment);
         self.next_deployment += 1;
         let tier = TIERS[self.rng.below(TIERS.len())];
-        let d = Self::deployment(&namespace(i), &name, tier, 0);
+        let replicas = i32::from(self.next_deployment.is_multiple_of(RUNNING));
+        let d = Self::deployment(&namespace(i), &name, tier, replicas);
         self.deployments.insert((namespace(i), name.clone()), d.clone());
         self.apply_deployment(&namespace(i), &name, &d).await;
     }
@@ -736,14 +746,27 @@ impl World {
 
     /// Polls `check` until it finds nothing wrong, or gives up with what is still wrong.
     async fn wait_until_converged(&mut self, patience: Duration) -> Result<(), Vec<String>> {
-        let deadline = Instant::now() + patience;
+        let start = Instant::now();
+        let mut said = Duration::ZERO;
         loop {
-            let problems = self.check().await.problems;
+            let check = self.check().await;
+            let problems = check.problems;
             if problems.is_empty() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if start.elapsed() >= patience {
                 return Err(problems);
+            }
+            // What is still converging, every 10 s: where the time goes.
+            if start.elapsed() >= said + Duration::from_secs(10) {
+                said = start.elapsed();
+                println!(
+                    "  after {:.0} s, {} left ({} pod rollouts kube-controller-manager has not finished), such as: {}",
+                    said.as_secs_f64(),
+                    problems.len(),
+                    check.pods_rolling,
+                    problems[..problems.len().min(3)].join("; ")
+                );
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -839,6 +862,7 @@ impl World {
                     .push(format!("{}/{}: still held or paused", key.0, key.1));
             }
         }
+        check.pods_rolling = state.deployments.values().filter(|d| pods_rolling(d)).count();
         for key in state.deployments.keys() {
             if !self.deployments.contains_key(key) {
                 check
@@ -917,6 +941,18 @@ impl World {
     }
 }
 
+/// Whether kube-controller-manager has yet to finish the Deployment's pod rollout.
+fn pods_rolling(d: &Deployment) -> bool {
+    let wanted = d.spec.replicas.unwrap_or(1);
+    let Some(status) = &d.status else {
+        return wanted > 0;
+    };
+    status.observed_generation < d.metadata.generation
+        || status.updated_replicas.unwrap_or(0) < wanted
+        || status.available_replicas.unwrap_or(0) < wanted
+        || status.replicas.unwrap_or(0) > wanted
+}
+
 /// The owner's facts without their requests: the run writes requests, and the facts keep them
 /// only for the autoscaler warnings; everything else must match exactly.
 fn without_requests(facts: &sidecar_core::PodFacts) -> sidecar_core::PodFacts {
@@ -982,6 +1018,9 @@ struct Check {
     orphaned: usize,
     held: usize,
     stale: usize,
+    /// Deployments whose pod rollout kube-controller-manager has not finished (a staged policy
+    /// rollout waits for them): not a problem, but where the time goes.
+    pods_rolling: usize,
     problems: Vec<String>,
 }
 

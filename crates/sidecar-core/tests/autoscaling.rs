@@ -77,6 +77,14 @@ fn hpa(metrics: serde_json::Value) -> Hpa {
     Hpa::of(&hpa).expect("the HPA scales a Deployment")
 }
 
+/// A Deployment's autoscalers: `hpa` alone.
+fn scaled_by(hpa: Hpa) -> Autoscalers {
+    Autoscalers {
+        hpas: vec![hpa],
+        vpas: vec![],
+    }
+}
+
 fn cpu_utilization(percent: i32) -> Hpa {
     hpa(
         json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}}}]),
@@ -118,10 +126,7 @@ fn messages(warnings: &[Warning]) -> Vec<String> {
 
 #[test]
 fn a_cpu_utilization_target_moves_by_the_sidecars_share_of_the_requests() {
-    let autoscalers = Autoscalers {
-        hpas: vec![cpu_utilization(80)],
-        vpas: vec![],
-    };
+    let autoscalers = scaled_by(cpu_utilization(80));
     let found = warnings(
         &app(Some("250m"), Some("256Mi")),
         &[mesh("mesh", &[("proxy", Some("150m"))])],
@@ -137,10 +142,7 @@ fn a_cpu_utilization_target_moves_by_the_sidecars_share_of_the_requests() {
 
 #[test]
 fn each_policy_hears_of_its_own_share_and_the_whole() {
-    let autoscalers = Autoscalers {
-        hpas: vec![cpu_utilization(50)],
-        vpas: vec![],
-    };
+    let autoscalers = scaled_by(cpu_utilization(50));
     let found = warnings(
         &app(Some("1"), None),
         &[
@@ -160,10 +162,7 @@ fn each_policy_hears_of_its_own_share_and_the_whole() {
 
 #[test]
 fn a_sidecar_without_a_request_under_a_utilization_target_names_the_hpa() {
-    let autoscalers = Autoscalers {
-        hpas: vec![cpu_utilization(80)],
-        vpas: vec![],
-    };
+    let autoscalers = scaled_by(cpu_utilization(80));
     let found = warnings(
         &app(Some("250m"), None),
         &[mesh("mesh", &[("proxy", None)])],
@@ -179,12 +178,9 @@ fn a_sidecar_without_a_request_under_a_utilization_target_names_the_hpa() {
 
 #[test]
 fn an_average_value_target_counts_the_sidecars_usage() {
-    let autoscalers = Autoscalers {
-        hpas: vec![hpa(json!([
-            {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "512Mi"}}}
-        ]))],
-        vpas: vec![],
-    };
+    let autoscalers = scaled_by(hpa(json!([
+        {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "512Mi"}}}
+    ])));
     let found = warnings(
         &app(None, None),
         &[mesh("mesh", &[("proxy", Some("10m"))])],
@@ -203,10 +199,7 @@ fn pod_level_requests_are_what_the_utilization_is_measured_against() {
     let mut d = app(Some("250m"), None);
     d.spec.template.spec.as_mut().unwrap().resources =
         Some(serde_json::from_value(json!({"requests": {"cpu": "1"}})).unwrap());
-    let autoscalers = Autoscalers {
-        hpas: vec![cpu_utilization(80)],
-        vpas: vec![],
-    };
+    let autoscalers = scaled_by(cpu_utilization(80));
     let found = warnings(&d, &[mesh("mesh", &[("proxy", None)])], &autoscalers);
     assert_eq!(
         messages(&found),
@@ -229,17 +222,11 @@ fn what_the_sidecars_do_not_change_is_not_warned_of() {
         {"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValue": "10"}}}
     ]));
     assert!(per_container.targets.is_empty());
-    let autoscalers = Autoscalers {
-        hpas: vec![per_container],
-        vpas: vec![],
-    };
+    let autoscalers = scaled_by(per_container);
     assert!(warnings(&d, &policies, &autoscalers).is_empty());
 
     // The owner's own container lacks the request: the HPA is broken already, not by us.
-    let autoscalers = Autoscalers {
-        hpas: vec![cpu_utilization(80)],
-        vpas: vec![],
-    };
+    let autoscalers = scaled_by(cpu_utilization(80));
     assert!(warnings(&app(None, None), &policies, &autoscalers).is_empty());
 
     // A policy with no sidecars (a run-to-completion init step) adds nothing an HPA counts.

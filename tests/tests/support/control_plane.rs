@@ -151,14 +151,7 @@ impl ControlPlane {
     pub fn logs(&self) -> String {
         ["etcd.log", "kube-apiserver.log", "kube-controller-manager.log"]
             .iter()
-            .map(|name| {
-                let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                format!(
-                    "--- {name}\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
+            .map(|name| format!("--- {name}\n{}", tail(&self.dir.path().join(name), 20)))
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -175,6 +168,13 @@ impl Drop for ControlPlane {
             let _ = child.wait();
         }
     }
+}
+
+/// The last `lines` lines of the file at `path` (none if it cannot be read), for a failure message.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let last: Vec<&str> = text.lines().rev().take(lines).collect();
+    last.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// Starts `command` (the binary, then its arguments), logging to `log_name` in `dir`.

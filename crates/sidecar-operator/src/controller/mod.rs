@@ -371,29 +371,15 @@ fn autoscaler_watches(
 ) -> futures::future::BoxFuture<'static, ()> {
     let hpa_watch = apis.hpas.map(|api| {
         let dispatch = dispatch.clone();
-        watcher(api, config.clone())
-            .default_backoff()
-            .for_each(move |event| {
-                match event {
-                    Ok(event) => dispatch.hpa_event(&event),
-                    Err(e) => warn!("HorizontalPodAutoscaler watch: {e}"),
-                }
-                futures::future::ready(())
-            })
-            .boxed()
+        uncached_watch(api, config.clone(), "HorizontalPodAutoscaler", move |e| {
+            dispatch.hpa_event(e)
+        })
     });
     let vpa_watch = apis.vpas.map(|api| {
         let dispatch = dispatch.clone();
-        watcher(api, config)
-            .default_backoff()
-            .for_each(move |event| {
-                match event {
-                    Ok(event) => dispatch.vpa_event(&event),
-                    Err(e) => warn!("VerticalPodAutoscaler watch: {e}"),
-                }
-                futures::future::ready(())
-            })
-            .boxed()
+        uncached_watch(api, config, "VerticalPodAutoscaler", move |e| {
+            dispatch.vpa_event(e)
+        })
     });
     let pending = || futures::future::pending().boxed();
     Box::pin(async move {
@@ -402,6 +388,29 @@ fn autoscaler_watches(
             vpa_watch.unwrap_or_else(pending)
         );
     })
+}
+
+/// A watch of `api` whose every event goes to `handle`, with no cache; its errors are logged
+/// (and retried with backoff) under `what`.
+fn uncached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    handle: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> futures::future::BoxFuture<'static, ()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .for_each(move |event| {
+            match event {
+                Ok(event) => handle(&event),
+                Err(e) => warn!("{what} watch: {e}"),
+            }
+            futures::future::ready(())
+        })
+        .boxed()
 }
 
 /// The autoscalers the operator watches in `namespace` (all when `None`): HPAs (autoscaling/v2)
