@@ -80,6 +80,15 @@ golden:
             $(cat "$dir/render.args") > "$dir/rendered.yaml"; \
     done
 
+# Not part of `just test` (which replays the seeds on stable). The fuzz crate builds with the
+# workspace's Cargo.lock, so it fuzzes the versions CI tests. Needs nightly and cargo-fuzz.
+# Fuzz one target (record, render_input or engine) for `seconds`, one worker (docs/fuzzing.md).
+fuzz target="engine" seconds="600":
+    cp Cargo.lock fuzz/Cargo.lock
+    mkdir -p fuzz/corpus/{{target}}
+    cd fuzz && cargo +nightly fuzz run {{target}} corpus/{{target}} seeds/{{target}} -- \
+        -max_total_time={{seconds}} -jobs=1 -workers=1
+
 # Benchmarks (criterion); figures go in docs/performance.md.
 bench:
     cargo bench --package sidecar-core --bench render
