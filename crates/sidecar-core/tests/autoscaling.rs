@@ -321,6 +321,17 @@ fn the_index_says_which_deployments_to_look_at_again() {
     assert!(index.is_empty());
 }
 
+/// The status of `policy` (of namespace demo) from what `index` holds.
+fn status_of(
+    policy: &SidecarPolicy,
+    set: &PolicySet,
+    index: &OutcomeIndex,
+) -> sidecar_api::SidecarPolicyStatus {
+    let name = policy.metadata.name.as_deref().unwrap();
+    let summary = index.summary("demo", name, set.revision(name).unwrap());
+    from_summary(policy, set, &summary, None, &Time(Timestamp::UNIX_EPOCH))
+}
+
 #[test]
 fn the_warnings_of_deployments_reach_the_status_of_the_policies_they_concern() {
     let mut policies = vec![mesh("mesh", &[("proxy", Some("150m"))])];
@@ -348,14 +359,7 @@ fn the_warnings_of_deployments_reach_the_status_of_the_policies_they_concern() {
         outcome(vec![warning("mesh", "skewed"), warning("other", "not ours")]),
     );
     assert!(touched.contains("mesh"));
-    let now = Time(Timestamp::UNIX_EPOCH);
-    let status = from_summary(
-        &policies[0],
-        &set,
-        &index.summary("demo", "mesh", &revision),
-        None,
-        &now,
-    );
+    let status = status_of(&policies[0], &set, &index);
     let warnings = status
         .conditions
         .iter()
@@ -372,13 +376,7 @@ fn the_warnings_of_deployments_reach_the_status_of_the_policies_they_concern() {
 
     // The warning goes when the Deployment's outcome no longer has it.
     assert!(index.record("demo", "web", outcome(vec![])).contains("mesh"));
-    let status = from_summary(
-        &policies[0],
-        &set,
-        &index.summary("demo", "mesh", &revision),
-        None,
-        &now,
-    );
+    let status = status_of(&policies[0], &set, &index);
     assert!(status.conditions.iter().all(|c| c.type_ != conditions::WARNINGS));
 }
 
@@ -387,7 +385,6 @@ fn a_policys_own_warnings_come_first_in_the_same_condition() {
     let mut own = mesh("mesh", &[("proxy", Some("150m"))]);
     own.spec.sidecars[0].startup_probe = None;
     let set = PolicySet::new(std::slice::from_ref(&own), &Guardrails::default());
-    let revision = set.revision("mesh").unwrap().to_owned();
     let mut index = OutcomeIndex::default();
     index.record(
         "demo",
@@ -405,8 +402,7 @@ fn a_policys_own_warnings_come_first_in_the_same_condition() {
             }],
         },
     );
-    let now = Time(Timestamp::UNIX_EPOCH);
-    let status = from_summary(&own, &set, &index.summary("demo", "mesh", &revision), None, &now);
+    let status = status_of(&own, &set, &index);
     let warnings = status
         .conditions
         .iter()

@@ -61,6 +61,8 @@ fn reads_back(source: &SourceName, document: &Document) -> Result<(), Violation>
         Document::ClusterSidecarPolicy(p) => yaml(p.as_ref()),
         Document::Deployment(d) => yaml(d.as_ref()),
         Document::Namespace(n) => yaml(n.as_ref()),
+        Document::HorizontalPodAutoscaler(h) => yaml(h.as_ref()),
+        Document::VerticalPodAutoscaler(v) => yaml(v.as_ref()),
     }?;
     let again = input::split(source, &text).map_err(|e| format!("{e}, reading back:\n{text}"))?;
     let [read] = &again.documents[..] else {
@@ -76,6 +78,8 @@ fn reads_back(source: &SourceName, document: &Document) -> Result<(), Violation>
             Document::ClusterSidecarPolicy(p) => serde_json::to_value(p.as_ref()),
             Document::Deployment(d) => serde_json::to_value(d.as_ref()),
             Document::Namespace(n) => serde_json::to_value(n.as_ref()),
+            Document::HorizontalPodAutoscaler(h) => serde_json::to_value(h.as_ref()),
+            Document::VerticalPodAutoscaler(v) => Ok(v.as_ref().clone()),
         }
         .map_err(|e| e.to_string())
     };

@@ -136,15 +136,20 @@ fn memory_hpa(name: &str, target: &str) -> Value {
     })
 }
 
-#[test]
-fn a_change_that_gives_an_autoscaled_deployment_sidecars_warns_of_its_hpa() {
-    let mut state = state();
+/// `state` with HPA `name` of namespace demo (see `memory_hpa`) scaling Deployment `target`.
+fn with_memory_hpa(mut state: ClusterState, name: &str, target: &str) -> ClusterState {
     let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
-        serde_json::from_value(memory_hpa("db-hpa", "db")).unwrap();
+        serde_json::from_value(memory_hpa(name, target)).unwrap();
     let facts = sidecar_core::autoscaling::Hpa::of(&hpa).map(sidecar_core::autoscaling::Autoscaler::Hpa);
     state
         .autoscalers
-        .apply(sidecar_core::autoscaling::Kind::Hpa, "demo", "db-hpa", facts);
+        .apply(sidecar_core::autoscaling::Kind::Hpa, "demo", name, facts);
+    state
+}
+
+#[test]
+fn a_change_that_gives_an_autoscaled_deployment_sidecars_warns_of_its_hpa() {
+    let state = with_memory_hpa(state(), "db-hpa", "db");
     let changes = Changes {
         policies: vec![shipper("busybox:1.36", &["web", "api", "worker", "db"])],
         ..Changes::default()
@@ -385,13 +390,7 @@ Live Deployment: up to date with the current policies.
 
 #[test]
 fn explain_shows_the_warnings_of_the_deployments_autoscalers() {
-    let mut state = state();
-    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
-        serde_json::from_value(memory_hpa("web-hpa", "web")).unwrap();
-    let facts = sidecar_core::autoscaling::Hpa::of(&hpa).map(sidecar_core::autoscaling::Autoscaler::Hpa);
-    state
-        .autoscalers
-        .apply(sidecar_core::autoscaling::Kind::Hpa, "demo", "web-hpa", facts);
+    let state = with_memory_hpa(state(), "web-hpa", "web");
     let web = explain(&state, "demo", "web", &options()).unwrap();
     assert!(
         web.ends_with("Warnings:
