@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sidecar_api::{CLUSTER_POLICY_PREFIX, ClusterSidecarPolicy, NAMESPACE_INJECT_LABEL, SidecarPolicy};
 
 use crate::problem::{Problem, ProblemKind};
-use crate::selector;
+use crate::{selector, validate};
 
 /// The label every namespace carries with its own name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -128,18 +128,24 @@ pub fn in_namespace(policy: &ClusterSidecarPolicy, namespace: &str) -> SidecarPo
 }
 
 /// What is wrong with a ClusterSidecarPolicy beyond its SidecarPolicy spec: an invalid
-/// namespaceSelector (the CRD schema rejects most; `render` has no API server to do so).
+/// namespaceSelector (the CRD schema rejects most; `render` has no API server to do so), or one
+/// naming a label key or value no namespace can carry.
 pub fn problems(policy: &ClusterSidecarPolicy) -> Vec<Problem> {
     let key = key(policy.metadata.name.as_deref().unwrap_or_default());
     let mut problems = Vec::new();
     if let Err(e) = selector::validate(&policy.spec.namespace_selector) {
         problems.push(Problem {
             kind: ProblemKind::Invalid,
-            policy: key,
+            policy: key.clone(),
             field: format!("spec.namespaceSelector.{}", e.field()),
             message: e.to_string(),
         });
     }
+    problems.extend(validate::selector_label_problems(
+        &policy.spec.namespace_selector,
+        "spec.namespaceSelector",
+        &key,
+    ));
     problems
 }
 
@@ -230,6 +236,31 @@ mod tests {
             problem.field.starts_with("spec.namespaceSelector."),
             "{problem:?}"
         );
+    }
+
+    #[test]
+    fn a_namespace_selector_label_no_namespace_can_carry_is_a_problem() {
+        let typo = policy(LabelSelector {
+            match_labels: Some([("mesh!".to_owned(), "on".to_owned())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["eu west".into()]),
+            }]),
+        });
+        let fields: Vec<String> = problems(&typo).into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                r#"spec.namespaceSelector.matchLabels["mesh!"]"#,
+                "spec.namespaceSelector.matchExpressions[0].values[0]",
+            ]
+        );
+        let good = policy(LabelSelector {
+            match_labels: Some([("example.com/mesh".to_owned(), "on".to_owned())].into()),
+            ..LabelSelector::default()
+        });
+        assert_eq!(problems(&good), []);
     }
 
     #[test]

@@ -199,6 +199,17 @@ fn rollout_problems(rollout: &Rollout, out: &mut Problems<'_>) {
     }
 }
 
+/// [`selector_labels`] for a selector outside a SidecarPolicy's spec (a ClusterSidecarPolicy's
+/// namespaceSelector), as problems of `policy`.
+pub(crate) fn selector_label_problems(selector: &LabelSelector, path: &str, policy: &str) -> Vec<Problem> {
+    let mut out = Problems {
+        policy,
+        list: Vec::new(),
+    };
+    selector_labels(selector, path, &mut out);
+    out.list
+}
+
 /// Label keys and values in a selector that no object can carry. The CRD does not check them,
 /// and such a selector is not malformed (it is evaluated: it matches nothing, or with `NotIn`
 /// everything), so without this a typo such as `app: "web server"` would leave a policy quietly
