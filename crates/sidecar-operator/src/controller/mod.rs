@@ -11,6 +11,7 @@
 //! its status. Every watch event goes through
 //! [`dispatch::Dispatch`] after its cache holds it, which decides what it triggers.
 
+mod autoscalers;
 mod context;
 mod dispatch;
 mod error;
@@ -29,9 +30,8 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{self, Action};
@@ -43,6 +43,7 @@ use sidecar_core::{Guardrails, supports_native_sidecars};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
+use autoscalers::{AutoscalerApis, VPA_LOOK_AGAIN};
 
 pub use context::{
     CACHE_RETRY, Caches, ClusterCaches, ClusterOptions, Context, DEFAULT_EXCLUDED_NAMESPACES,
@@ -91,13 +92,6 @@ struct Apis {
     autoscalers: AutoscalerApis,
 }
 
-/// The autoscalers the operator may watch, for the warnings of the sidecars they skew; each is
-/// `None` when its API is not served or the operator may not list it.
-struct AutoscalerApis {
-    hpas: Option<Api<HorizontalPodAutoscaler>>,
-    vpas: Option<Api<DynamicObject>>,
-}
-
 struct Writers {
     deployments: reflector::store::Writer<DeploymentView>,
     policies: reflector::store::Writer<GuardedPolicy>,
@@ -121,7 +115,7 @@ impl Scope {
         max_hold: Duration,
         cluster: ClusterOptions,
     ) -> Self {
-        let autoscalers = check_autoscalers(&client, namespace).await;
+        let autoscalers = AutoscalerApis::discover(&client, namespace).await;
         let apis = match namespace {
             Some(ns) => Apis {
                 deployments: Api::namespaced(client.clone(), ns),
@@ -258,7 +252,9 @@ impl Scope {
         };
 
         let cluster_watches = cluster_watches(apis.cluster, writers.cluster, &dispatch, config.clone());
-        let autoscaler_watches = autoscaler_watches(apis.autoscalers, &dispatch, config.clone());
+        let autoscaler_watches = apis
+            .autoscalers
+            .watches(&dispatch, config.clone(), VPA_LOOK_AGAIN);
 
         let controller_config = controller::Config::default().concurrency(concurrency);
         // Every trigger comes from dispatch (`reconcile_on`), none from a stream of objects.
@@ -362,34 +358,6 @@ fn cluster_watches(
     })
 }
 
-/// The HPA and VPA watches, each when it is available; no cache holds them: each event updates
-/// the autoscaler index (in dispatch), which keeps only what the warnings need.
-fn autoscaler_watches(
-    apis: AutoscalerApis,
-    dispatch: &Arc<Dispatch>,
-    config: watcher::Config,
-) -> futures::future::BoxFuture<'static, ()> {
-    let hpa_watch = apis.hpas.map(|api| {
-        let dispatch = dispatch.clone();
-        uncached_watch(api, config.clone(), "HorizontalPodAutoscaler", move |e| {
-            dispatch.hpa_event(e)
-        })
-    });
-    let vpa_watch = apis.vpas.map(|api| {
-        let dispatch = dispatch.clone();
-        uncached_watch(api, config, "VerticalPodAutoscaler", move |e| {
-            dispatch.vpa_event(e)
-        })
-    });
-    let pending = || futures::future::pending().boxed();
-    Box::pin(async move {
-        futures::join!(
-            hpa_watch.unwrap_or_else(pending),
-            vpa_watch.unwrap_or_else(pending)
-        );
-    })
-}
-
 /// A watch of `api` whose every event goes to `handle`, with no cache; its errors are logged
 /// (and retried with backoff) under `what`.
 fn uncached_watch<K>(
@@ -411,78 +379,6 @@ where
             futures::future::ready(())
         })
         .boxed()
-}
-
-/// The autoscalers the operator watches in `namespace` (all when `None`): HPAs (autoscaling/v2)
-/// and, when their CRD is served, VPAs (autoscaling.k8s.io/v1), each only if the operator may
-/// list them. Their warnings are advice: without them the operator works as before, and says
-/// so once.
-async fn check_autoscalers(client: &Client, namespace: Option<&str>) -> AutoscalerApis {
-    let probe = kube::api::ListParams::default().limit(1);
-    let hpas: Api<HorizontalPodAutoscaler> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let hpas = match hpas.list_metadata(&probe).await {
-        Ok(_) => Some(hpas),
-        Err(e) => {
-            warn!(
-                "HorizontalPodAutoscalers are not watched, so their warnings are off: {}",
-                list_error("horizontalpodautoscalers", e)
-            );
-            None
-        }
-    };
-    let resource = match client.list_api_group_resources(VPA_GROUP_VERSION).await {
-        Ok(list) => list
-            .resources
-            .iter()
-            .find(|r| r.name == "verticalpodautoscalers")
-            .map(|r| {
-                ApiResource::from_gvk_with_plural(
-                    &GroupVersionKind::gvk("autoscaling.k8s.io", "v1", &r.kind),
-                    &r.name,
-                )
-            }),
-        // Not served (404) is the usual case: the VPA is an add-on.
-        Err(_) => None,
-    };
-    let vpas = match resource {
-        None => {
-            info!("VerticalPodAutoscalers are not served ({VPA_GROUP_VERSION}); no VPA warnings");
-            None
-        }
-        Some(resource) => {
-            let vpas: Api<DynamicObject> = match namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            };
-            match vpas.list_metadata(&probe).await {
-                Ok(_) => Some(vpas),
-                Err(e) => {
-                    warn!(
-                        "VerticalPodAutoscalers are not watched, so their warnings are off: {}",
-                        list_error("verticalpodautoscalers", e)
-                    );
-                    None
-                }
-            }
-        }
-    };
-    AutoscalerApis { hpas, vpas }
-}
-
-/// The VerticalPodAutoscaler's API (a CRD of the autoscaler add-on).
-const VPA_GROUP_VERSION: &str = "autoscaling.k8s.io/v1";
-
-/// Why listing `resource` failed, saying what to grant when it was forbidden.
-fn list_error(resource: &str, e: kube::Error) -> String {
-    match e {
-        kube::Error::Api(status) if status.code == 403 => format!(
-            "the operator may not list {resource} (grant list and watch, as the install's ClusterRole sidecar-operator does)"
-        ),
-        e => format!("could not list {resource} ({e})"),
-    }
 }
 
 /// A policy of either kind as cached: what the API server's bookkeeping adds is dropped.
