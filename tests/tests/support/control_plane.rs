@@ -94,6 +94,12 @@ impl ControlPlane {
                     "--use-service-account-credentials=false".to_owned(),
                     "--leader-elect=false".to_owned(),
                     "--secure-port=0".to_owned(),
+                    // Its client's default limit (20 requests/s, bursts of 30) would make the
+                    // chaos run's hundreds of pod rollouts after an API server restart wait on
+                    // kube-controller-manager, not on the operator under test. Large clusters
+                    // raise it too.
+                    "--kube-api-qps=200".to_owned(),
+                    "--kube-api-burst=400".to_owned(),
                 ])
                 .stdout(log(d, "kube-controller-manager.log"))
                 .stderr(log(d, "kube-controller-manager.log"))
