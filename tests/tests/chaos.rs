@@ -891,6 +891,45 @@ impl World {
                 ));
             }
         }
+        // And every ClusterSidecarPolicy's, across the run's namespaces (the only ones it can
+        // select: no other carries its label).
+        let namespaces: Vec<_> = state
+            .namespaces
+            .iter()
+            .map(|(ns, labels)| {
+                let deployments: Vec<&Deployment> = state
+                    .deployments
+                    .iter()
+                    .filter(|((n, _), _)| n == ns)
+                    .map(|(_, d)| d)
+                    .collect();
+                (labels, &sets[ns], deployments)
+            })
+            .collect();
+        for policy in &state.cluster_policies {
+            let expected = sidecar_core::status::cluster_policy_status(
+                policy,
+                &namespaces,
+                &exclusions,
+                &guardrails,
+                None,
+                &now,
+            );
+            let live = policy.status.as_ref();
+            if !same_status(live, &expected)
+                || live.and_then(|s| s.matched_namespaces) != expected.matched_namespaces
+            {
+                check.stale += 1;
+                check.problems.push(format!(
+                    "ClusterSidecarPolicy {}: status {:?} in {:?} namespaces is not {:?} in {:?}",
+                    policy.name_any(),
+                    brief(live),
+                    live.and_then(|s| s.matched_namespaces),
+                    brief(Some(&expected)),
+                    expected.matched_namespaces,
+                ));
+            }
+        }
         check
     }
 

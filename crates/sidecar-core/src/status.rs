@@ -6,9 +6,11 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use sidecar_api::{SidecarPolicy, SidecarPolicyStatus, conditions};
+use sidecar_api::{ClusterSidecarPolicy, SidecarPolicy, SidecarPolicyStatus, conditions};
 
 use crate::apply::is_up_to_date;
+use crate::cluster::{self, Exclusions, NamespaceLabels};
+use crate::guardrails::Guardrails;
 use crate::outcome::{Named, Outcome, State, Summary};
 use crate::problem::ProblemKind;
 use crate::record::InjectionRecord;
@@ -111,12 +113,62 @@ pub fn policy_status(
     from_summary(policy, set, &summary, previous, now)
 }
 
+/// The status of ClusterSidecarPolicy `policy` computed by rendering every Deployment of every
+/// namespace: `namespaces` holds each namespace's labels, policy set (as
+/// [`PolicySet::for_namespace`] builds it with `exclusions`) and Deployments.
+///
+/// This is the reference for what the controller aggregates across namespaces
+/// ([`crate::outcome::OutcomeIndex::summary_across`]); its messages name Deployments as
+/// `namespace/name`.
+pub fn cluster_policy_status(
+    policy: &ClusterSidecarPolicy,
+    namespaces: &[(&NamespaceLabels, &PolicySet, Vec<&Deployment>)],
+    exclusions: &Exclusions,
+    guardrails: &Guardrails,
+    previous: Option<&SidecarPolicyStatus>,
+    now: &Time,
+) -> SidecarPolicyStatus {
+    let key = cluster::key(policy.metadata.name.as_deref().unwrap_or_default());
+    let mut sorted: Vec<&(&NamespaceLabels, &PolicySet, Vec<&Deployment>)> = namespaces.iter().collect();
+    sorted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let mut summary = Summary::default();
+    let mut matched_namespaces = 0;
+    for (labels, set, deployments) in sorted {
+        match cluster::selects(policy, labels, exclusions) {
+            Ok(false) => continue,
+            Ok(true) => matched_namespaces += 1,
+            // An invalid namespaceSelector applies everywhere, with its problem (as
+            // `PolicySet::for_namespace` has it), but selects no namespace to count.
+            Err(_) => {}
+        }
+        add_by_rendering(&mut summary, &key, set, deployments, &format!("{}/", labels.name));
+    }
+    let set = PolicySet::for_cluster_policy(policy, guardrails);
+    let converted = cluster::in_namespace(policy, "");
+    let mut status = from_summary(&converted, &set, &summary, previous, now);
+    status.matched_namespaces = Some(matched_namespaces);
+    status
+}
+
 /// What rendering every one of `deployments` says about policy `name` of `set`.
 pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deployment]) -> Summary {
+    let mut summary = Summary::default();
+    add_by_rendering(&mut summary, name, set, deployments, "");
+    summary
+}
+
+/// Adds to `summary` what rendering every one of `deployments` says about policy `name` of
+/// `set`, naming each Deployment with `prefix` before its name.
+fn add_by_rendering(
+    summary: &mut Summary,
+    name: &str,
+    set: &PolicySet,
+    deployments: &[&Deployment],
+    prefix: &str,
+) {
     let revision = set.revision(name).unwrap_or_default();
     let mut sorted: Vec<&Deployment> = deployments.to_vec();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut summary = Summary::default();
     for deployment in sorted {
         let selected: Vec<String> = set
             .matching(deployment)
@@ -142,9 +194,12 @@ pub fn summary_by_rendering(name: &str, set: &PolicySet, deployments: &[&Deploym
             warnings: set.deployment_warnings(&warnings),
         };
         let deployment_name = deployment.metadata.name.as_deref().unwrap_or_default();
-        summary.add(name, revision, deployment_name, &outcome);
+        if prefix.is_empty() {
+            summary.add(name, revision, deployment_name, &outcome);
+        } else {
+            summary.add(name, revision, &format!("{prefix}{deployment_name}"), &outcome);
+        }
     }
-    summary
 }
 
 /// The status of `policy` (one of `set`'s) from what the Deployments' outcomes say of it.

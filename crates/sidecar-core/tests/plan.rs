@@ -7,13 +7,15 @@
 mod common;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
-use sidecar_api::SidecarPolicy;
+use sidecar_api::{ClusterSidecarPolicy, ClusterSidecarPolicySpec, SidecarPolicy};
+use sidecar_core::cluster::{Exclusions, NamespaceLabels};
 use sidecar_core::outcome::{Outcome, OutcomeIndex, State};
 use sidecar_core::rollout::Progress;
-use sidecar_core::status::{from_summary, summary_by_rendering};
+use sidecar_core::status::{cluster_policy_status, from_summary, summary_by_rendering};
 use sidecar_core::{
     DeploymentFacts, Guardrails, PolicySet, apply_patch, init_container_order, is_up_to_date,
 };
@@ -120,6 +122,76 @@ proptest! {
                 sidecar_core::policy_status(policy, &set, &refs, None, &now)
             );
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A ClusterSidecarPolicy's status from the outcomes recorded in every namespace equals the
+    /// one computed by rendering every Deployment of every namespace; namespaces it does not
+    /// select add nothing, and its messages name `namespace/name`.
+    #[test]
+    fn aggregated_cluster_status_equals_rendered_status(
+        (ps, deployments) in policies().prop_flat_map(|ps| (Just(ps.clone()), fleet(ps)))
+    ) {
+        prop_assume!(!ps.is_empty());
+        // The first policy's spec as a cluster policy for the namespaces labelled mesh=on; the
+        // others stay namespaced policies of each namespace, so the two kinds meet.
+        let cluster = ClusterSidecarPolicy::new(
+            ps[0].metadata.name.as_deref().unwrap(),
+            ClusterSidecarPolicySpec {
+                namespace_selector: LabelSelector {
+                    match_labels: Some([("mesh".to_owned(), "on".to_owned())].into()),
+                    ..LabelSelector::default()
+                },
+                policy: ps[0].spec.clone(),
+            },
+        );
+        let key = sidecar_core::cluster::key(cluster.metadata.name.as_deref().unwrap());
+        let exclusions = Exclusions::default();
+        let guardrails = Guardrails::default();
+        let mut index = OutcomeIndex::default();
+        let mut namespaces = Vec::new();
+        for (name, mesh) in [("b", true), ("a", true), ("c", false)] {
+            let mut labels = NamespaceLabels::named(name);
+            if mesh {
+                labels.labels.insert("mesh".to_owned(), "on".to_owned());
+            }
+            let mut own = ps[1..].to_vec();
+            own.iter_mut().for_each(|p| p.metadata.namespace = Some(name.to_owned()));
+            let set = PolicySet::for_namespace(&labels, &own, std::slice::from_ref(&cluster), &exclusions, &guardrails);
+            let mut fleet = deployments.clone();
+            fleet.iter_mut().for_each(|d| d.metadata.namespace = Some(name.to_owned()));
+            for d in &fleet {
+                index.record(name, d.metadata.name.as_deref().unwrap(), observed(&set, d));
+            }
+            namespaces.push((labels, set, fleet));
+        }
+        let namespaces: Vec<_> = namespaces
+            .iter()
+            .map(|(labels, set, fleet)| (labels, set, fleet.iter().collect::<Vec<&Deployment>>()))
+            .collect();
+        let now = Time(Timestamp::from_second(1_700_000_000).unwrap());
+        let alone = PolicySet::for_cluster_policy(&cluster, &guardrails);
+        let revision = alone.revision(&key).unwrap();
+        let aggregated = index.summary_across(&key, revision);
+        let mut from_index = from_summary(
+            &sidecar_core::cluster::in_namespace(&cluster, ""),
+            &alone,
+            &aggregated,
+            None,
+            &now,
+        );
+        from_index.matched_namespaces = Some(2);
+        let rendered = cluster_policy_status(&cluster, &namespaces, &exclusions, &guardrails, None, &now);
+        prop_assert_eq!(&from_index, &rendered);
+        let per_namespace = namespaces
+            .iter()
+            .filter(|(labels, _, _)| labels.name != "c")
+            .map(|(_, set, fleet)| summary_by_rendering(&key, set, fleet).matched)
+            .sum::<i32>();
+        prop_assert_eq!(rendered.matched_deployments, per_namespace);
     }
 }
 
