@@ -22,7 +22,7 @@ const VPA_GROUP_VERSION: &str = "autoscaling.k8s.io/v1";
 
 /// How often the operator looks again for a VPA API that was not served: one discovery request,
 /// answered 404 until the add-on is installed.
-pub(super) const VPA_LOOK_AGAIN: Duration = Duration::from_secs(120);
+const VPA_LOOK_AGAIN: Duration = Duration::from_secs(120);
 
 /// The autoscaler APIs found at start.
 pub(super) struct AutoscalerApis {
@@ -83,15 +83,10 @@ impl AutoscalerApis {
         AutoscalerApis { hpas, vpas }
     }
 
-    /// The HPA and VPA watches, each while it is available (a VPA API not served yet is waited
-    /// for, every `look_again`). No cache holds the autoscalers: each event updates the
+    /// The HPA and VPA watches, each while it is available (a VPA API not served yet is looked
+    /// for every [`VPA_LOOK_AGAIN`]). No cache holds the autoscalers: each event updates the
     /// autoscaler index (in dispatch), which keeps only what the warnings need.
-    pub(super) fn watches(
-        self,
-        dispatch: &Arc<Dispatch>,
-        config: watcher::Config,
-        look_again: Duration,
-    ) -> BoxFuture<'static, ()> {
+    pub(super) fn watches(self, dispatch: &Arc<Dispatch>, config: watcher::Config) -> BoxFuture<'static, ()> {
         let pending = || futures::future::pending().boxed();
         let hpa_watch = self.hpas.map_or_else(pending, |api| {
             let dispatch = dispatch.clone();
@@ -108,7 +103,7 @@ impl AutoscalerApis {
         let vpa_watch = match self.vpas {
             Vpas::Watched(api) => vpa_watch(api),
             Vpas::NotServed(scope) => async move {
-                match served_later(&scope, look_again).await {
+                match served_later(&scope, VPA_LOOK_AGAIN).await {
                     Some(api) => vpa_watch(api).await,
                     None => futures::future::pending().await,
                 }

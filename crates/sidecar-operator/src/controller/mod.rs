@@ -43,7 +43,7 @@ use sidecar_core::{Guardrails, supports_native_sidecars};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
-use autoscalers::{AutoscalerApis, VPA_LOOK_AGAIN};
+use autoscalers::AutoscalerApis;
 
 pub use context::{
     CACHE_RETRY, Caches, ClusterCaches, ClusterOptions, Context, DEFAULT_EXCLUDED_NAMESPACES,
@@ -252,9 +252,7 @@ impl Scope {
         };
 
         let cluster_watches = cluster_watches(apis.cluster, writers.cluster, &dispatch, config.clone());
-        let autoscaler_watches = apis
-            .autoscalers
-            .watches(&dispatch, config.clone(), VPA_LOOK_AGAIN);
+        let autoscaler_watches = apis.autoscalers.watches(&dispatch, config.clone());
 
         let controller_config = controller::Config::default().concurrency(concurrency);
         // Every trigger comes from dispatch (`reconcile_on`), none from a stream of objects.
